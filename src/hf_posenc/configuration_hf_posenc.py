@@ -1,0 +1,205 @@
+"""PosEncConfig: a Llama configuration plus the choice of position encoding and its parameters.
+
+Copied next to the weights by ``save_pretrained`` (remote code): imports only torch, transformers, the
+standard library and its sibling ``encodings_hf_posenc``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from .encodings_hf_posenc import available_position_encodings
+
+# Extra keys each RoPE type needs besides rope_type and rope_theta (transformers' RoPE utilities read them).
+ROPE_REQUIRED_KEYS = {
+    "default": (),
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
+}
+
+
+def _require_int(field: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def _require_real(field: str, value, minimum: float, *, inclusive: bool = False, maximum: float | None = None):
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= minimum if inclusive else value > minimum)
+    ok = ok and (maximum is None or value < maximum)
+    if not ok:
+        bound = f"{'>=' if inclusive else '>'} {minimum}" + (f" and < {maximum}" if maximum is not None else "")
+        raise ValueError(f"{field} must be a finite number {bound}, got {value!r}")
+
+
+class PosEncConfig(PreTrainedConfig):
+    r"""Configuration of an hf_posenc model: a Llama-style decoder whose position encoding is chosen by name.
+
+    Args:
+        vocab_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads,
+        num_key_value_heads, head_dim, rms_norm_eps, max_position_embeddings, initializer_range,
+        attention_dropout, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, use_cache:
+            As in ``LlamaConfig``. ``num_key_value_heads`` < ``num_attention_heads`` gives grouped-query attention.
+        position_encoding (`str`, defaults to ``"rope"``):
+            One of ``"sinusoidal"``, ``"learned"``, ``"rope"``, ``"alibi"``, ``"t5_bias"``, ``"nope"``, or a
+            name added with ``hf_posenc.register_position_encoding``.
+        rope_theta (`float`, defaults to 10000.0):
+            RoPE base. Stored, as transformers 5 does, in ``rope_parameters["rope_theta"]``.
+        rope_scaling (`dict`, *optional*):
+            RoPE scaling for transformers' RoPE utilities, e.g. ``{"rope_type": "linear", "factor": 2.0}``
+            (``"dynamic"``, ``"yarn"``, ``"llama3"``, ``"longrope"`` work too). Merged into ``rope_parameters``.
+        rope_parameters (`dict`, *optional*):
+            The transformers 5 form of the two above; wins over ``rope_theta``, loses to ``rope_scaling``.
+        t5_num_buckets (`int`, defaults to 32), t5_max_distance (`int`, defaults to 128):
+            T5 relative-bias buckets: half exact distances, half log-spaced up to ``t5_max_distance``.
+        sinusoidal_scale (`float`, *optional*):
+            Multiplier of the sinusoidal table. ``None`` matches the table's RMS to the token embeddings' RMS
+            at initialization (``initializer_range * sqrt(2)``).
+    """
+
+    model_type = "hf_posenc"
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 768,
+        intermediate_size: int = 2048,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        num_key_value_heads: int | None = None,
+        head_dim: int | None = None,
+        hidden_act: str = "silu",
+        max_position_embeddings: int = 2048,
+        initializer_range: float = 0.02,
+        rms_norm_eps: float = 1e-6,
+        attention_dropout: float = 0.0,
+        tie_word_embeddings: bool = False,
+        use_cache: bool = True,
+        pad_token_id: int | None = None,
+        bos_token_id: int | None = 1,
+        eos_token_id: int | list[int] | None = 2,
+        position_encoding: str = "rope",
+        rope_theta: float = 10000.0,
+        rope_scaling: dict | None = None,
+        rope_parameters: dict | None = None,
+        t5_num_buckets: int = 32,
+        t5_max_distance: int = 128,
+        sinusoidal_scale: float | None = None,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.head_dim = head_dim
+        self.hidden_act = hidden_act
+        self.max_position_embeddings = max_position_embeddings
+        self.initializer_range = initializer_range
+        self.rms_norm_eps = rms_norm_eps
+        self.attention_dropout = attention_dropout
+        self.tie_word_embeddings = tie_word_embeddings
+        self.use_cache = use_cache
+        self.pad_token_id = pad_token_id
+        self.bos_token_id = bos_token_id
+        self.eos_token_id = eos_token_id
+        self.position_encoding = position_encoding
+        self.t5_num_buckets = t5_num_buckets
+        self.t5_max_distance = t5_max_distance
+        self.sinusoidal_scale = sinusoidal_scale
+        self.rope_parameters = self._merge_rope_arguments(rope_theta, rope_scaling, rope_parameters)
+        self._validate_architecture()
+        if self.head_dim is None:
+            self.head_dim = hidden_size // num_attention_heads
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self._validate_rope()
+
+    @property
+    def effective_sinusoidal_scale(self) -> float:
+        if self.sinusoidal_scale is not None:
+            return self.sinusoidal_scale
+        return self.initializer_range * math.sqrt(2.0)
+
+    @staticmethod
+    def _merge_rope_arguments(rope_theta, rope_scaling, rope_parameters) -> dict:
+        for field, value in (("rope_scaling", rope_scaling), ("rope_parameters", rope_parameters)):
+            if value is not None and not isinstance(value, dict):
+                raise ValueError(f"{field} must be a dict such as {{'rope_type': 'linear', 'factor': 2.0}}, got {value!r}")
+        merged = dict(rope_parameters or {})
+        merged.update(rope_scaling or {})
+        if "type" in merged:  # the pre-5.x spelling
+            merged.setdefault("rope_type", merged.pop("type"))
+        merged.setdefault("rope_type", "default")
+        merged.setdefault("rope_theta", rope_theta)
+        return merged
+
+    def _validate_architecture(self) -> None:
+        if self.position_encoding not in available_position_encodings():
+            raise ValueError(
+                f"position_encoding must be one of {available_position_encodings()}, got {self.position_encoding!r} "
+                "(add your own with hf_posenc.register_position_encoding)"
+            )
+        for field in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            _require_int(field, getattr(self, field))
+        if self.head_dim is not None:
+            _require_int("head_dim", self.head_dim)
+        elif self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size must be divisible by num_attention_heads (or set head_dim), got hidden_size="
+                f"{self.hidden_size} and num_attention_heads={self.num_attention_heads}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads must be a multiple of num_key_value_heads, got num_attention_heads="
+                f"{self.num_attention_heads} and num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.hidden_act != "silu":
+            raise ValueError(f"hidden_act must be 'silu' (the SwiGLU MLP), got {self.hidden_act!r}")
+        _require_real("initializer_range", self.initializer_range, 0.0)
+        _require_real("rms_norm_eps", self.rms_norm_eps, 0.0)
+        _require_real("attention_dropout", self.attention_dropout, 0.0, inclusive=True, maximum=1.0)
+        _require_int("t5_num_buckets", self.t5_num_buckets, minimum=2)
+        _require_int("t5_max_distance", self.t5_max_distance, minimum=self.t5_num_buckets // 2 + 1)
+        if self.sinusoidal_scale is not None:
+            _require_real("sinusoidal_scale", self.sinusoidal_scale, 0.0)
+        for field in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, field)
+            if value is not None:
+                _require_int(field, value, minimum=0)
+
+    def _validate_rope(self) -> None:
+        params = self.rope_parameters
+        rope_type = params["rope_type"]
+        allowed = ["default", *ROPE_INIT_FUNCTIONS]
+        if rope_type not in allowed:
+            raise ValueError(f"rope_scaling['rope_type'] must be one of {allowed}, got {rope_type!r}")
+        _require_real("rope_theta", params["rope_theta"], 0.0)
+        for key in ROPE_REQUIRED_KEYS.get(rope_type, ()):
+            if key not in params:
+                raise ValueError(f"rope_scaling with rope_type={rope_type!r} needs the key {key!r}, got {params!r}")
+        if "factor" in params:
+            _require_real("rope_scaling['factor']", params["factor"], 1.0, inclusive=True)
+        if self.position_encoding == "rope" and self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for position_encoding='rope', got {self.head_dim}")
+        self.standardize_rope_params()  # adds original_max_position_embeddings for yarn / llama3 / longrope
+        self.validate_rope()
+
+
+__all__ = ["PosEncConfig"]

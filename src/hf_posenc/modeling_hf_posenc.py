@@ -1,0 +1,511 @@
+"""A Llama-style decoder whose position encoding is chosen by ``config.position_encoding``.
+
+Token embedding, N x (pre-RMSNorm, grouped-query attention, pre-RMSNorm, SwiGLU MLP), final RMSNorm, LM head.
+Position information is computed once per forward in ``PosEncModel`` (from ``position_ids``, which come from
+the attention mask and the cache length) and passed to every layer:
+
+* an additive embedding (sinusoidal, learned) is added to the token embeddings;
+* a rotation (rope) reaches each attention as ``(cos, sin)``;
+* a score bias (alibi, t5_bias) is folded into the float mask for eager / SDPA, or becomes a FlexAttention
+  ``score_mod`` over a block mask (no L x L tensor at all).
+
+Attention runs through transformers' attention interface, so ``attn_implementation`` picks the backend.
+This file is copied next to the weights by ``save_pretrained``: it imports only torch, transformers and its
+flat siblings.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation import GenerationMixin
+from transformers.integrations.flex_attention import compile_friendly_flex_attention
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+
+from .configuration_hf_posenc import PosEncConfig
+from .encodings_hf_posenc import PositionEncoding, build_position_encoding
+
+# transformers 5.24 renamed the cache keyword `past_key_values` to `cache`; follow whichever is installed.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """Accept the cache under either keyword (`cache` from transformers 5.24, `past_key_values` before)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the cache once, as either `cache` or `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+class PosEncRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class PosEncMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: PosEncConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def apply_rotary(query, key, cos, sin):
+    """Rotate (batch, heads, q, head_dim) queries and keys; cos/sin are (batch, q, head_dim)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, q, head_dim): broadcast over heads
+    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+
+
+def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(batch, kv_heads, seq, head_dim) -> (batch, kv_heads * n_rep, seq, head_dim)."""
+    if n_rep == 1:
+        return hidden_states
+    batch, kv_heads, seq, head_dim = hidden_states.shape
+    expanded = hidden_states[:, :, None].expand(batch, kv_heads, n_rep, seq, head_dim)
+    return expanded.reshape(batch, kv_heads * n_rep, seq, head_dim)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The reference: explicit softmax(q k^T * scale + mask) v; the only backend returning the weights."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (batch, heads, q, kv)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (batch, q, heads, head_dim)
+    return output, weights
+
+
+def flex_attention_with_score_mod(module, query, key, value, block_mask, score_mod, scaling, dropout=0.0):
+    """FlexAttention with an encoding's score bias as ``score_mod``: the bias is never materialized."""
+    if dropout > 0:
+        raise ValueError("attn_implementation='flex_attention' does not support attention_dropout > 0 in training")
+    output = compile_friendly_flex_attention(
+        query,
+        key,
+        value,
+        score_mod=score_mod,
+        block_mask=block_mask,
+        enable_gqa=query.shape[1] != key.shape[1],
+        scale=scaling,
+        training=module.training,
+    )
+    return output.transpose(1, 2).contiguous(), None  # (batch, q, heads, head_dim)
+
+
+class PosEncAttention(nn.Module):
+    def __init__(self, config: PosEncConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states, attention_mask, rotary=None, score_mod=None, cache=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        # (batch, q, hidden) -> (batch, q, heads, head_dim) -> (batch, heads, q, head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        if rotary is not None:
+            query, key = apply_rotary(query, key, *rotary)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+
+        dropout = self.config.attention_dropout if self.training else 0.0
+        if score_mod is not None:
+            output, weights = flex_attention_with_score_mod(
+                self, query, key, value, attention_mask, score_mod, self.scaling, dropout
+            )
+        else:
+            attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+            output, weights = attention_interface(
+                self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, **kwargs
+            )
+        output = output.reshape(*input_shape, -1).contiguous()  # (batch, q, heads * head_dim)
+        return self.o_proj(output), weights
+
+
+class PosEncDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: PosEncConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = PosEncAttention(config, layer_idx)
+        self.mlp = PosEncMLP(config)
+        self.input_layernorm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, rotary=None, score_mod=None, cache=None, **kwargs):
+        attended, weights = self.self_attn(
+            self.input_layernorm(hidden_states), attention_mask, rotary, score_mod, cache, **kwargs
+        )
+        hidden_states = hidden_states + attended
+        hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states, weights
+
+
+def positions_from_attention_mask(attention_mask, query_offset, query_length, device) -> torch.LongTensor:
+    """Positions of the new tokens: counted over non-padding tokens when a 2D mask is given, else arange.
+
+    Left-padded rows thus get the same positions as unpadded ones. Returns (batch or 1, q).
+    """
+    if attention_mask is not None and attention_mask.ndim == 2:
+        positions = attention_mask.long().cumsum(-1) - 1
+        positions = positions.masked_fill(attention_mask == 0, 0)
+        return positions[:, -query_length:]
+    return (torch.arange(query_length, device=device) + query_offset).unsqueeze(0)
+
+
+def fold_bias_into_mask(bias, mask, query_pos, key_pos, dtype):
+    """Combine a (1, heads, q, kv) float32 bias with the mask transformers built for eager / SDPA.
+
+    ``mask`` is None (SDPA would have used is_causal), boolean (True = attend) or additive float, shaped
+    (batch, 1, q, kv). Without padding the result stays (1, heads, q, kv), broadcast over the batch.
+    """
+    blocked = torch.finfo(dtype).min
+    if mask is None:
+        causal = key_pos[None, :] <= query_pos[:, None]  # (q, kv)
+        combined = bias.masked_fill(~causal, blocked)
+    elif mask.dtype == torch.bool:
+        combined = bias.masked_fill(~mask, blocked)
+    else:
+        combined = (mask.float() + bias).clamp(min=blocked)
+    return combined.to(dtype)
+
+
+class PosEncPreTrainedModel(PreTrainedModel):
+    config_class = PosEncConfig
+    config: PosEncConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PosEncDecoderLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)  # Linear / Embedding: normal(initializer_range); RMSNorm: ones
+        if isinstance(module, PositionEncoding):
+            module.init_buffers()  # deterministic buffers (RoPE frequencies, ALiBi slopes) after meta-device loads
+
+
+class PosEncModel(PosEncPreTrainedModel):
+    def __init__(self, config: PosEncConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.position_encoding = build_position_encoding(config)
+        self.layers = nn.ModuleList(PosEncDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        cache = resolve_cache_argument(cache, past_key_values)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+
+        query_length = inputs_embeds.shape[1]
+        query_offset = cache.get_query_offset(0) if cache is not None else 0
+        if position_ids is None:
+            position_ids = positions_from_attention_mask(
+                attention_mask, query_offset, query_length, inputs_embeds.device
+            )
+
+        encoding = self.position_encoding
+        hidden_states = inputs_embeds
+        added = encoding.input_embedding(position_ids, inputs_embeds.dtype)
+        if added is not None:
+            hidden_states = hidden_states + added
+        rotary = encoding.rotary(hidden_states, position_ids)
+
+        mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{CACHE_KWARG: cache},
+        )
+        mask, score_mod = self._attach_score_bias(mask, attention_mask, cache, query_offset, inputs_embeds)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, weights = layer(
+                hidden_states, attention_mask=mask, rotary=rotary, score_mod=score_mod, cache=cache, **kwargs
+            )
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+            **{OUTPUT_CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _attach_score_bias(self, mask, attention_mask, cache, query_offset, inputs_embeds):
+        """Add the encoding's score bias: into the eager / SDPA mask, or as a FlexAttention score_mod."""
+        query_length, device = inputs_embeds.shape[1], inputs_embeds.device
+        if cache is not None:
+            key_length, key_offset = cache.get_mask_sizes(query_length, 0)
+        elif attention_mask is not None:
+            key_length, key_offset = attention_mask.shape[-1], 0
+        else:
+            key_length, key_offset = query_length, 0
+        bias_fn = self.position_encoding.score_bias(key_length, device, inputs_embeds.dtype)
+        if bias_fn is None:
+            return mask, None
+
+        implementation = self.config._attn_implementation
+        if implementation == "flex_attention":
+            offset = torch.as_tensor(query_offset, device=device) - key_offset
+
+            def score_mod(score, batch, head, query_idx, key_idx):
+                return score + bias_fn(head, query_idx + offset, key_idx)
+
+            return mask, score_mod
+        if implementation not in ("eager", "sdpa"):
+            raise ValueError(
+                f"position_encoding={self.config.position_encoding!r} adds a bias to attention scores, which "
+                f"attn_implementation={implementation!r} cannot take; use 'eager', 'sdpa' or 'flex_attention'"
+            )
+        query_pos = torch.arange(query_length, device=device) + query_offset
+        key_pos = torch.arange(key_length, device=device) + key_offset
+        heads = torch.arange(self.config.num_attention_heads, device=device)
+        # (heads, 1, 1), (1, q, 1), (1, 1, kv) broadcast to (heads, q, kv); add a batch axis of 1
+        bias = bias_fn(heads[:, None, None], query_pos[None, :, None], key_pos[None, None, :]).unsqueeze(0)
+        return fold_bias_into_mask(bias.float(), mask, query_pos, key_pos, inputs_embeds.dtype), None
+
+
+class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: PosEncConfig):
+        super().__init__(config)
+        self.model = PosEncModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=resolve_cache_argument(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        # Only compute the logits that are needed (generate asks for the last position only)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+
+class PosEncForSequenceClassification(PosEncPreTrainedModel):
+    """Classify a sequence from the hidden state of its last non-padding token."""
+
+    def __init__(self, config: PosEncConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = PosEncModel(config)
+        self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ):
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=resolve_cache_argument(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.score(outputs.last_hidden_state)  # (batch, seq, num_labels)
+        batch_size = logits.shape[0]
+        last_token = self._last_token_index(input_ids, attention_mask, batch_size, logits.device)
+        pooled_logits = logits[torch.arange(batch_size, device=logits.device), last_token]  # (batch, num_labels)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
+        output = SequenceClassifierOutputWithPast(
+            loss=loss,
+            logits=pooled_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def _last_token_index(self, input_ids, attention_mask, batch_size, device):
+        """Rightmost real token of each row, for left and right padding alike."""
+        if attention_mask is not None and attention_mask.ndim == 2:
+            real = attention_mask.to(device, torch.int32)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            real = (input_ids != self.config.pad_token_id).to(device, torch.int32)
+        elif batch_size == 1 or input_ids is None:
+            return torch.full((batch_size,), -1, device=device, dtype=torch.long)
+        else:
+            raise ValueError(
+                "PosEncForSequenceClassification needs an attention_mask or config.pad_token_id to find the last "
+                "token of each row when batch size > 1"
+            )
+        token_index = torch.arange(real.shape[-1], device=device, dtype=torch.int32)
+        return (token_index * real).argmax(-1)
+
+
+__all__ = [
+    "PosEncPreTrainedModel",
+    "PosEncModel",
+    "PosEncForCausalLM",
+    "PosEncForSequenceClassification",
+]
