@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from .errors import UsageError
+
 # subcommand -> module that registers it (kept explicit: the order is the order in --help)
 COMMAND_MODULES = {
     "train": "hf_posenc.commands.train",
@@ -21,10 +23,6 @@ COMMAND_MODULES = {
     "bench": "hf_posenc.commands.bench",
     "figures": "hf_posenc.commands.figures",
 }
-
-
-class UsageError(Exception):
-    """Bad input found before work starts: printed as one line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
