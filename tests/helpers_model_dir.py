@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 import hf_posenc  # noqa: F401  (registers the Auto classes and remote code)
 from hf_posenc import PosEncConfig, PosEncForCausalLM
+from hf_posenc.data import describe_data  # the data description format of train_summary.json / eval.json
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 BLOCK_SIZE = 32
@@ -101,10 +102,10 @@ def measured_eval(model, token_ids: list[int], lengths=(32, 64, 128)) -> dict:
              "status": "ok", "reason": None}
         )
     return {
-        "model_dir": "MODEL_DIR",
+        "model_dir": None,
         "position_encoding": encoding,
         "train_length": BLOCK_SIZE,
-        "data": "stdlib",
+        "data": None,
         "stride": None,
         "rope_scaling": None,
         "results": results,
@@ -168,12 +169,13 @@ def build_model_dir(
             "final_loss": train_loss,
             "final_eval_loss": eval_loss,
             "train_runtime_s": 0.5,
-            "data": "Python standard library source (embedded corpus)" if data == "stdlib" else data,
+            "data": describe_data(data),
             "num_parameters": model.num_parameters(),
         }
         (path / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if with_eval:
-        (path / "eval.json").write_text(json.dumps(measured_eval(model, token_ids), indent=2), encoding="utf-8")
+        evaluation = measured_eval(model, token_ids) | {"model_dir": str(path), "data": describe_data(data)}
+        (path / "eval.json").write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
     if with_checkpoints:
         checkpoint = path / "checkpoints" / "checkpoint-2"
         checkpoint.mkdir(parents=True)

@@ -97,6 +97,7 @@ def downstream_report(tmp_path_factory):
         HF_HOME=str(root / "hf_home"),
         HF_MODULES_CACHE=str(root / "hf_modules"),  # the copied remote code goes here, away from other tests
         TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",  # tiny tensors: threads only add overhead on a shared CPU
     )
     report_path = root / "report.json"
     completed = subprocess.run(

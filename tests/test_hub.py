@@ -203,10 +203,20 @@ def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
 @pytest.mark.parametrize(
     ("data", "kind"),
     [(None, "embedded"), ("stdlib", "embedded"), ("./corpus", "local"), ("/data/a.txt", "local"),
-     ("notes.jsonl", "local"), ("wikitext", "hub"), ("Salesforce/wikitext", "hub"), ("a/b/c", "local")],
+     ("notes.jsonl", "local"), ("wikitext", "hub"), ("Salesforce/wikitext", "hub"), ("a/b/c", "unknown"),
+     # the descriptions hf_posenc.data.describe_data records in train_summary.json and eval.json
+     ("stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)", "embedded"),
+     ("local: /home/me/corpus", "local"), ("hub: Salesforce/wikitext (wikitext-2-raw-v1)", "hub")],
 )
 def test_data_source_classification(data, kind):
     assert hub.data_source(data).kind == kind
+
+
+def test_recorded_descriptions_keep_their_details():
+    assert hub.data_source("stdlib: Python 3.11 standard library sources (/usr/lib)").python_version == "3.11"
+    source = hub.data_source("hub: Salesforce/wikitext (wikitext-2-raw-v1)")
+    assert (source.name, source.config) == ("Salesforce/wikitext", "wikitext-2-raw-v1")
+    assert hub.data_source("local: /home/me/corpus").name == "/home/me/corpus"
 
 
 def test_custom_template_with_unknown_variable_is_refused(plain_dir, tmp_path, capsys):

@@ -39,7 +39,6 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 STALE_REMOTE_PATTERNS = [f"*{suffix}" for suffix in PICKLE_SUFFIXES] + ["checkpoints/*"]
 CARD_TEMPLATE_NAME = "hf_posenc_model_card.md.j2"
 DEFAULT_LICENSE = "apache-2.0"
-EMBEDDED_CORPUS_NAMES = ("", "stdlib", "embedded")
 _ABSOLUTE_PACKAGE_IMPORT = re.compile(r"^\s*(from\s+hf_posenc[\s.]|import\s+hf_posenc\b)", re.MULTILINE)
 _RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w+)\s+import\b", re.MULTILINE)
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+\-]*$")
@@ -237,8 +236,9 @@ def _read_eval(path: Path, config: dict) -> dict:
 @dataclass(frozen=True)
 class DataSource:
     kind: str  # "embedded" | "local" | "hub" | "unknown"
-    name: str | None
+    name: str | None  # the path, the Hub id, or (unknown) the text as recorded
     config: str | None = None
+    python_version: str | None = None  # of the embedded corpus, when recorded
 
     @property
     def hub_id(self) -> str | None:
@@ -246,16 +246,17 @@ class DataSource:
 
     def describe(self) -> str:
         if self.kind == "embedded":
+            version = f" {self.python_version}" if self.python_version else ""
             return (
-                "the embedded default corpus of hf_posenc: the Python standard library's own source files (.py), "
-                "split into train and validation by file (not a Hub dataset)"
+                f"the embedded default corpus of hf_posenc: the Python{version} standard library's own source files "
+                "(.py), split into train and validation by file (not a Hub dataset)"
             )
         if self.kind == "local":
             return f"local text files `{self.name}` (not published on the Hub)"
         if self.kind == "hub":
             config = f" (config `{self.config}`)" if self.config else ""
             return f"the Hub dataset [{self.name}](https://huggingface.co/datasets/{self.name}){config}"
-        return "not recorded"
+        return f"{self.name} (as recorded)" if self.name else "not recorded"
 
     def model_index_dataset(self) -> tuple[str, str]:
         """(type, name) of the model-index dataset: a Hub id where there is one, a plain label otherwise."""
@@ -265,43 +266,67 @@ class DataSource:
             return "stdlib", "Python standard library source (hf_posenc embedded corpus)"
         if self.kind == "local":
             return "local-files", Path(self.name).name or self.name
-        return "unknown", "unknown"
+        return "unknown", self.name or "unknown"
 
     def short(self) -> str:
-        return {"embedded": "Python source code", "local": "the local text it was trained on"}.get(
-            self.kind, f"the text of {self.name}" if self.name else "its training text"
-        )
+        if self.kind == "embedded":
+            return "Python source code"
+        return f"the text of {self.name}" if self.kind == "hub" else "the text it was trained on"
+
+
+# "stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)", "local: /abs/path", "hub: name (config)":
+# the descriptions hf_posenc.data.describe_data stores in train_summary.json and eval.json.
+_RECORDED_DATA = re.compile(r"^(stdlib|local|hub):\s*(.*)$", re.DOTALL)
+_HUB_WITH_CONFIG = re.compile(r"^(\S+)(?:\s+\((.*)\))?$")
 
 
 def data_source(data, data_config: str | None = None) -> DataSource:
-    """Classify a ``--data`` value like the data loader does: embedded corpus, local files, or a Hub dataset."""
+    """Classify a data value: a ``--data`` argument (as in run_config.yaml) or a recorded description."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
+
+    from .data import EMBEDDED_CORPUS_NAMES, JSON_SUFFIXES, TEXT_SUFFIXES
 
     if isinstance(data, dict):  # a nested data section of a run config
         data_config = data_config or data.get("config") or data.get("data_config")
         data = data.get("name") or data.get("path") or data.get("dataset") or data.get("data")
-    if data is None or (isinstance(data, str) and data.strip().lower() in EMBEDDED_CORPUS_NAMES):
+    if data is None or (isinstance(data, str) and data.strip() in ("", *EMBEDDED_CORPUS_NAMES)):
         return DataSource("embedded", "stdlib")
     if not isinstance(data, str):
         return DataSource("unknown", None)
-    local_suffixes = (".txt", ".jsonl", ".json", ".csv", ".parquet", ".md")
-    looks_local = data.startswith(("/", ".", "~")) or data.endswith(local_suffixes) or data.count("/") > 1
-    if looks_local or os.path.exists(data):
+    data = data.strip()
+    recorded = _RECORDED_DATA.match(data)
+    if recorded:
+        kind, rest = recorded.groups()
+        if kind == "stdlib":
+            version = re.search(r"Python (\d+\.\d+)", rest)
+            return DataSource("embedded", "stdlib", python_version=version.group(1) if version else None)
+        if kind == "local":
+            return DataSource("local", rest)
+        name, config = _HUB_WITH_CONFIG.match(rest).groups() if _HUB_WITH_CONFIG.match(rest) else (rest, None)
+        return DataSource("hub", name, config)
+    if data.startswith(("/", ".", "~")) or Path(data).suffix in TEXT_SUFFIXES + JSON_SUFFIXES or os.path.exists(data):
         return DataSource("local", data)
     try:
         validate_repo_id(data)
     except HFValidationError:
-        return DataSource("local", data)
+        return DataSource("unknown", data)
     return DataSource("hub", data, data_config if isinstance(data_config, str) else None)
 
 
 def training_data_source(records: RunRecords) -> DataSource | None:
+    """Where the training text came from: run_config.yaml's data setting, else train_summary.json's record."""
     run_config = records.run_config or {}
+    summary_data = (records.train_summary or {}).get("data")
+    recorded = data_source(summary_data) if isinstance(summary_data, str) and summary_data.strip() else None
     for key in ("data", "dataset", "data_path"):
         if key in run_config:
-            return data_source(run_config[key], run_config.get("data_config"))
-    return None
+            configured = data_source(run_config[key], run_config.get("data_config"))
+            # The record of the run says which Python's standard library the embedded corpus was.
+            if recorded is not None and configured.kind == recorded.kind == "embedded":
+                return recorded
+            return configured
+    return recorded
 
 
 # ---------------------------------------------------------------- the model card
@@ -347,7 +372,7 @@ def training_rows(records: RunRecords) -> list[tuple[str, str]]:
     add("Optimizer steps (max_steps)", summary.get("max_steps", run_config.get("max_steps")))
     add("Last logged step", last_train["step"] if last_train and "step" in last_train else None)
     add("Tokens seen", summary.get("tokens_seen"))
-    add("Learning rate (peak)", run_config.get("learning_rate"), lambda value: f"{value:g}" if _is_number(value) else str(value))
+    add("Learning rate", run_config.get("learning_rate"), lambda value: f"{value:g}" if _is_number(value) else str(value))
     add("Final training loss", summary.get("final_loss", last_train["loss"] if last_train else None))
     add("Final validation loss", summary.get("final_eval_loss", last_eval["eval_loss"] if last_eval else None))
     add("Training time", summary.get("train_runtime_s"), _fmt_duration)
@@ -434,9 +459,6 @@ def build_model_card(
     encoding = config["position_encoding"]
     model_name = repo_id.split("/")[-1]
     train_source = training_data_source(records)
-    summary_data = (records.train_summary or {}).get("data")
-    if train_source is None and isinstance(summary_data, str):
-        train_source = data_source(summary_data) if summary_data.strip().lower() in EMBEDDED_CORPUS_NAMES else None
     results = eval_results(records)
 
     card_data = ModelCardData(
@@ -449,10 +471,7 @@ def build_model_card(
         metrics=["perplexity"] if results else None,
         eval_results=results or None,
     )
-    if train_source is not None:
-        training_data = train_source.describe()
-    else:
-        training_data = summary_data if isinstance(summary_data, str) and summary_data else "not recorded"
+    training_data = train_source.describe() if train_source is not None else "not recorded"
 
     if records.eval is None:
         eval_note = "no eval.json"
