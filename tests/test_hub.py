@@ -189,6 +189,16 @@ def test_card_falls_back_to_metrics_and_skips_a_cut_line(plain_dir, tmp_path, ca
     assert "Tokens seen" not in text  # only train_summary records it: left out, not guessed
 
 
+def test_card_shows_task_accuracies_and_never_guesses_the_eval_data(learned_dir):
+    config = json.loads((learned_dir / "config.json").read_text())
+    records = hub.read_run_records(learned_dir, config)
+    records.eval = dict(records.eval, data=None, tasks=[{"task": "copy", "length": 48, "accuracy": 0.25, "num_examples": 8}])
+    card = hub.build_model_card(config, records, "someone/tiny-learned")
+    assert "| copy | 48 | 0.250 | 8 |" in card.text
+    assert "on an unrecorded data source" in card.text and "standard library" not in card.text.split("## Evaluation")[1]
+    assert {result.dataset_type for result in card.data.eval_results} == {"unknown"}
+
+
 def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
     model_dir = build_model_dir(tmp_path / "model", "t5_bias", data="Salesforce/wikitext")
     card = hub.build_model_card(

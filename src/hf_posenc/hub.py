@@ -256,7 +256,7 @@ class DataSource:
         if self.kind == "hub":
             config = f" (config `{self.config}`)" if self.config else ""
             return f"the Hub dataset [{self.name}](https://huggingface.co/datasets/{self.name}){config}"
-        return f"{self.name} (as recorded)" if self.name else "not recorded"
+        return f"{self.name} (as recorded)" if self.name else "an unrecorded data source"
 
     def model_index_dataset(self) -> tuple[str, str]:
         """(type, name) of the model-index dataset: a Hub id where there is one, a plain label otherwise."""
@@ -314,6 +314,12 @@ def data_source(data, data_config: str | None = None) -> DataSource:
     return DataSource("hub", data, data_config if isinstance(data_config, str) else None)
 
 
+def eval_data_source(records: RunRecords) -> DataSource:
+    """What eval.json measured on (in a record, a missing value means unknown, not the default corpus)."""
+    recorded = (records.eval or {}).get("data")
+    return data_source(recorded) if recorded else DataSource("unknown", None)
+
+
 def training_data_source(records: RunRecords) -> DataSource | None:
     """Where the training text came from: run_config.yaml's data setting, else train_summary.json's record."""
     run_config = records.run_config or {}
@@ -350,6 +356,11 @@ def _fmt_duration(seconds) -> str:
     return f"{int(hours)} h {int(minutes)} min" if hours else (f"{int(minutes)} min {secs:.0f} s" if minutes else f"{secs:.1f} s")
 
 
+def _first(*values):
+    """The first recorded (not None) value."""
+    return next((value for value in values if value is not None), None)
+
+
 def _last(rows: list[dict], key: str):
     for row in reversed(rows):
         if _is_number(row.get(key)):
@@ -368,13 +379,13 @@ def training_rows(records: RunRecords) -> list[tuple[str, str]]:
         if value is not None:
             rows.append((label, formatter(value)))
 
-    add("Training sequence length (block size)", summary.get("block_size", run_config.get("block_size")))
-    add("Optimizer steps (max_steps)", summary.get("max_steps", run_config.get("max_steps")))
-    add("Last logged step", last_train["step"] if last_train and "step" in last_train else None)
+    add("Training sequence length (block size)", _first(summary.get("block_size"), run_config.get("block_size")))
+    add("Optimizer steps (max_steps)", _first(summary.get("max_steps"), run_config.get("max_steps")))
+    add("Last logged step", last_train.get("step") if last_train else None)
     add("Tokens seen", summary.get("tokens_seen"))
     add("Learning rate", run_config.get("learning_rate"), lambda value: f"{value:g}" if _is_number(value) else str(value))
-    add("Final training loss", summary.get("final_loss", last_train["loss"] if last_train else None))
-    add("Final validation loss", summary.get("final_eval_loss", last_eval["eval_loss"] if last_eval else None))
+    add("Final training loss", _first(summary.get("final_loss"), last_train and last_train["loss"]))
+    add("Final validation loss", _first(summary.get("final_eval_loss"), last_eval and last_eval["eval_loss"]))
     add("Training time", summary.get("train_runtime_s"), _fmt_duration)
     return rows
 
@@ -401,7 +412,7 @@ def eval_results(records: RunRecords) -> list:
 
     if not records.ok_results:
         return []
-    source = data_source(records.eval.get("data"))
+    source = eval_data_source(records)
     dataset_type, dataset_name = source.model_index_dataset()
     results = []
     for row in records.ok_results:
@@ -495,12 +506,12 @@ def build_model_card(
         evaluated=bool(results),
         eval_note=eval_note,
         eval_rows=eval_table_rows(records) if results else [],
-        eval_data=data_source(records.eval.get("data")).describe() if results else None,
-        eval_train_length=_fmt(train_length) if train_length is not None else "an unrecorded number of",
+        eval_data=eval_data_source(records).describe() if results else None,
         eval_stride=(records.eval or {}).get("stride"),
-        train_length_text=_fmt(train_length) if train_length is not None else "(unrecorded number of)",
+        train_length=_fmt(train_length) if _is_number(train_length) else None,
         tasks=[
-            {**task, "accuracy": _fmt(task.get("accuracy"), 3)} for task in (records.eval or {}).get("tasks", [])
+            {**task, "accuracy": _fmt(task["accuracy"], 3) if _is_number(task.get("accuracy")) else "-"}
+            for task in (records.eval or {}).get("tasks", [])
         ] if results else [],
     )
     # from_template renders with a lenient Jinja: catch a misspelled variable (in a user's --template) here.
@@ -537,9 +548,7 @@ def assemble_upload_folder(
         model, info = PosEncForCausalLM.from_pretrained(model_dir, dtype="auto", output_loading_info=True)
     except (RuntimeError, OSError, ValueError) as error:  # e.g. weight shapes that do not match config.json
         raise UsageError(f"cannot load the model in {model_dir}: {' '.join(str(error).split())[:300]}") from None
-    problems = {key: value for key, value in info.items() if value and key != "error_msgs"} or (
-        {"error_msgs": info["error_msgs"]} if info.get("error_msgs") else {}
-    )
+    problems = {key: value for key, value in info.items() if value}  # missing/unexpected/mismatched keys, errors
     if problems:
         raise UsageError(f"the weights in {model_dir} do not match its config.json: {problems}")
     model.save_pretrained(out_dir)
