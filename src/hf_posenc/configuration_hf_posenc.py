@@ -120,8 +120,9 @@ class PosEncConfig(PreTrainedConfig):
         self._validate_architecture()
         if self.head_dim is None:
             self.head_dim = hidden_size // num_attention_heads
+        self._validate_rope()  # before transformers' own RoPE checks, which raise less helpful errors
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
-        self._validate_rope()
+        self.standardize_rope_params()  # adds original_max_position_embeddings for yarn / llama3 / longrope
 
     @property
     def effective_sinusoidal_scale(self) -> float:
@@ -196,10 +197,8 @@ class PosEncConfig(PreTrainedConfig):
                 raise ValueError(f"rope_scaling with rope_type={rope_type!r} needs the key {key!r}, got {params!r}")
         if "factor" in params:
             _require_real("rope_scaling['factor']", params["factor"], 1.0, inclusive=True)
-        if self.position_encoding == "rope" and self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for position_encoding='rope', got {self.head_dim}")
-        self.standardize_rope_params()  # adds original_max_position_embeddings for yarn / llama3 / longrope
-        self.validate_rope()
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE parameters are validated for every encoding), got {self.head_dim}")
 
 
 __all__ = ["PosEncConfig"]

@@ -71,7 +71,11 @@ class PositionEncoding(nn.Module):
             )
 
     def init_buffers(self) -> None:
-        """Recompute deterministic buffers (called after weights are materialized from the meta device)."""
+        """Recompute deterministic buffers (called after weights are materialized from the meta device).
+
+        The model calls ``init_buffers`` on every submodule that defines it, so a helper module that owns
+        buffers (like ``RotaryFrequencies``) defines its own.
+        """
 
 
 class NoPositionEncoding(PositionEncoding):
@@ -140,6 +144,12 @@ class RotaryFrequencies(nn.Module):
             return 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)), 1.0
         return ROPE_INIT_FUNCTIONS[self.rope_type](self.config)
 
+    def init_buffers(self) -> None:
+        inv_freq, self.attention_scaling = self.compute_frequencies()
+        with torch.no_grad():
+            self.inv_freq.copy_(inv_freq)
+            self.original_inv_freq.copy_(inv_freq)
+
     @torch.no_grad()
     @dynamic_rope_update
     def forward(self, x, position_ids, layer_type=None):
@@ -159,12 +169,6 @@ class RotaryPositionEncoding(PositionEncoding):
 
     def rotary(self, hidden_states, position_ids):
         return self.frequencies(hidden_states, position_ids)
-
-    def init_buffers(self):
-        inv_freq, self.frequencies.attention_scaling = self.frequencies.compute_frequencies()
-        with torch.no_grad():
-            self.frequencies.inv_freq.copy_(inv_freq)
-            self.frequencies.original_inv_freq.copy_(inv_freq)
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:

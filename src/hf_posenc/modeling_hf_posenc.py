@@ -34,11 +34,20 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_hf_posenc import PosEncConfig
-from .encodings_hf_posenc import PositionEncoding, build_position_encoding
+from .encodings_hf_posenc import build_position_encoding
 
 # transformers 5.24 renamed the cache keyword `past_key_values` to `cache`; follow whichever is installed.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+# What `auto_map` in a saved config.json points at (the flat files save_pretrained copies beside the weights).
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_hf_posenc.PosEncConfig",
+    "AutoModel": "modeling_hf_posenc.PosEncModel",
+    "AutoModelForCausalLM": "modeling_hf_posenc.PosEncForCausalLM",
+    "AutoModelForSequenceClassification": "modeling_hf_posenc.PosEncForSequenceClassification",
+}
 
 
 def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -226,10 +235,16 @@ class PosEncPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = True
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # A saved folder should load with every Auto class, whichever head was saved: list them all.
+        if self._auto_class is not None:
+            self.config.auto_map = {**REMOTE_CODE_AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)  # Linear / Embedding: normal(initializer_range); RMSNorm: ones
-        if isinstance(module, PositionEncoding):
+        if callable(getattr(module, "init_buffers", None)):
             module.init_buffers()  # deterministic buffers (RoPE frequencies, ALiBi slopes) after meta-device loads
 
 

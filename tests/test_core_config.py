@@ -1,0 +1,83 @@
+"""PosEncConfig: defaults, round trips, RoPE parameters through transformers' utilities, clear errors."""
+
+import re
+
+import pytest
+from transformers import AutoConfig
+
+from hf_posenc import PosEncConfig
+from tests.conftest import ENCODINGS, tiny_config
+
+
+def test_defaults_are_a_llama_with_rope():
+    config = PosEncConfig()
+    assert config.model_type == "hf_posenc"
+    assert config.position_encoding == "rope"
+    assert config.num_key_value_heads == config.num_attention_heads
+    assert config.head_dim == config.hidden_size // config.num_attention_heads
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize("position_encoding", ENCODINGS)
+def test_save_and_load_round_trip(tmp_path, position_encoding):
+    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PosEncConfig)
+    for field in ("position_encoding", "tie_word_embeddings", "num_key_value_heads", "t5_num_buckets", "head_dim"):
+        assert getattr(loaded, field) == getattr(config, field)
+    assert loaded.rope_parameters == config.rope_parameters
+    assert loaded.rope_parameters["rope_theta"] == 5000.0
+
+
+def test_rope_scaling_is_merged_into_rope_parameters():
+    config = tiny_config(rope_theta=500.0, rope_scaling={"rope_type": "linear", "factor": 4.0})
+    assert config.rope_parameters == {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0}
+    legacy = tiny_config(rope_scaling={"type": "dynamic", "factor": 2.0})
+    assert legacy.rope_parameters["rope_type"] == "dynamic"
+    yarn = tiny_config(rope_scaling={"rope_type": "yarn", "factor": 2.0})
+    assert yarn.rope_parameters["original_max_position_embeddings"] == yarn.max_position_embeddings
+
+
+def test_sinusoidal_scale_defaults_to_embedding_rms():
+    assert tiny_config("sinusoidal", initializer_range=0.02).effective_sinusoidal_scale == pytest.approx(0.02 * 2**0.5)
+    assert tiny_config("sinusoidal", sinusoidal_scale=1.0).effective_sinusoidal_scale == 1.0
+
+
+BAD_VALUES = [
+    ({"position_encoding": "absolute"}, "position_encoding", "'absolute'"),
+    ({"hidden_size": 0}, "hidden_size", "0"),
+    ({"vocab_size": 10.5}, "vocab_size", "10.5"),
+    ({"num_hidden_layers": "2"}, "num_hidden_layers", "'2'"),
+    ({"num_attention_heads": 3}, "hidden_size must be divisible by num_attention_heads", "3"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads", "3"),
+    ({"max_position_embeddings": -1}, "max_position_embeddings", "-1"),
+    ({"rms_norm_eps": 0.0}, "rms_norm_eps", "0.0"),
+    ({"initializer_range": float("nan")}, "initializer_range", "nan"),
+    ({"attention_dropout": 1.5}, "attention_dropout", "1.5"),
+    ({"hidden_act": "gelu"}, "hidden_act", "'gelu'"),
+    ({"t5_num_buckets": 1}, "t5_num_buckets", "1"),
+    ({"t5_max_distance": 4}, "t5_max_distance", "4"),
+    ({"sinusoidal_scale": -1.0}, "sinusoidal_scale", "-1.0"),
+    ({"rope_theta": -5.0}, "rope_theta", "-5.0"),
+    ({"rope_scaling": "linear"}, "rope_scaling", "'linear'"),
+    ({"rope_scaling": {"rope_type": "ntk-magic", "factor": 2.0}}, "rope_type", "'ntk-magic'"),
+    ({"rope_scaling": {"rope_type": "linear"}}, "factor", "linear"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 0.5}}, "factor", "0.5"),
+    ({"pad_token_id": -3}, "pad_token_id", "-3"),
+    ({"head_dim": 7, "position_encoding": "rope"}, "head_dim must be even", "7"),
+]
+
+
+@pytest.mark.parametrize("overrides, field, value", BAD_VALUES, ids=[str(v[0]) for v in BAD_VALUES])
+def test_invalid_values_name_field_and_value(overrides, field, value):
+    with pytest.raises(ValueError) as error:
+        tiny_config(**overrides)
+    message = str(error.value)
+    assert field in message
+    assert value in message
+
+
+def test_error_lists_allowed_encodings():
+    with pytest.raises(ValueError, match=re.escape(str(ENCODINGS))):
+        tiny_config("absolute")
