@@ -199,6 +199,15 @@ def test_card_shows_task_accuracies_and_never_guesses_the_eval_data(learned_dir)
     assert {result.dataset_type for result in card.data.eval_results} == {"unknown"}
 
 
+def test_custom_template_is_used(plain_dir, tmp_path):
+    template = tmp_path / "card.md.j2"
+    template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} uses {{ encoding }}\n")
+    out = tmp_path / "out"
+    assert push(plain_dir, "--repo-id", "someone/x", "--dry-run", out, "--template", template) == 0
+    card = ModelCard.load(out / "README.md")
+    assert card.text.strip() == "# x uses alibi" and card.data.library_name == "transformers"
+
+
 def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
     model_dir = build_model_dir(tmp_path / "model", "t5_bias", data="Salesforce/wikitext")
     card = hub.build_model_card(
@@ -229,7 +238,8 @@ def test_recorded_descriptions_keep_their_details():
     assert hub.data_source("local: /home/me/corpus").name == "/home/me/corpus"
 
 
-def test_custom_template_with_unknown_variable_is_refused(plain_dir, tmp_path, capsys):
+def test_custom_template_with_unknown_variable_is_refused(plain_dir, tmp_path, monkeypatch, capsys):
+    forbid_work(monkeypatch)
     template = tmp_path / "card.md.j2"
     template.write_text("---\n{{ card_data }}\n---\n# {{ model_name }} {{ modle_name }}\n")
     assert push(plain_dir, "--repo-id", "someone/x", "--dry-run", tmp_path / "out", "--template", template) == 2

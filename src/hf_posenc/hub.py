@@ -690,8 +690,9 @@ def push(
     check_repo_id(repo_id)
     check_license(license_id)
     config = check_model_dir(model_dir)
-    notes = read_run_records(model_dir, config).notes
+    records = read_run_records(model_dir, config)
     template_text = check_template(template)
+    build_model_card(config, records, repo_id, license_id=license_id, template_text=template_text)  # renders?
     if dry_run is not None:
         out_dir = check_dry_run_dir(dry_run)
         token = None
@@ -709,10 +710,10 @@ def push(
             staging.rename(out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        return PushResult(files, out_dir, None, notes)
+        return PushResult(files, out_dir, None, records.notes)
 
     message = commit_message or f"Upload hf_posenc model ({config['position_encoding']}) with hf-posenc push"
     with tempfile.TemporaryDirectory(prefix="hf_posenc_push_") as folder:
         files = assemble_upload_folder(model_dir, folder, repo_id, license_id=license_id, template_text=template_text)
         url = upload_folder_to_hub(Path(folder), repo_id, token=token, private=private, commit_message=message)
-    return PushResult(files, None, url, notes)
+    return PushResult(files, None, url, records.notes)
