@@ -228,11 +228,12 @@ def _load_hub(name: str, split: str, data_config: str | None, text_field: str) -
         raise UsageError(f"could not load data {what} from the Hugging Face Hub: {error}") from error
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
-    for candidate in ((split,) if split == "train" else (split, "test")):
-        if candidate in loaded:
-            return _drop_empty(_select_text_column(loaded[candidate], text_field, what), what, split)
     if "train" not in loaded:
         raise UsageError(f"data {what} has splits {list(loaded)}, but no 'train' split")
+    held_out = next((name for name in ("validation", "test") if name in loaded), None)
+    if held_out is not None:
+        chosen = loaded["train" if split == "train" else held_out]
+        return _drop_empty(_select_text_column(chosen, text_field, what), what, split)
     # No held-out split: carve one out of train by document, as for a single local file.
     train = _drop_empty(_select_text_column(loaded["train"], text_field, what), what, "train")
     return _every_nth_split(train, split, what)
