@@ -192,11 +192,16 @@ def _select_text_column(dataset: datasets.Dataset, text_field: str, what: str) -
     return dataset
 
 
-def _load_files(builder: str, files_by_split: dict[str, list[Path]], **kwargs) -> dict:
+def _load_files(builder: str, files_by_split: dict[str, list[Path]], what: str, **kwargs) -> dict:
     import datasets
 
     data_files = {name: [str(p) for p in files] for name, files in files_by_split.items() if files}
-    return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    try:
+        return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+    except Exception as error:  # unreadable or malformed files are bad input, reported before training
+        if "corresponds to no data" in str(error):
+            raise UsageError(f"data {what}: no documents found (the files are empty)") from error
+        raise UsageError(f"could not read data {what}: {type(error).__name__}: {error}") from error
 
 
 def _load_local(path: Path, split: str, text_field: str) -> datasets.Dataset:
@@ -206,12 +211,12 @@ def _load_local(path: Path, split: str, text_field: str) -> datasets.Dataset:
     builder, kwargs = ("text", {"sample_by": "paragraph"}) if is_text else ("json", {})
     if len(files) >= 2:
         root = path if path.is_dir() else path.parent
-        loaded = _load_files(builder, _split_files_by_hash(files, root), **kwargs)
+        loaded = _load_files(builder, _split_files_by_hash(files, root), what, **kwargs)
         dataset = loaded[split]
         if not is_text:
             dataset = _select_text_column(dataset, text_field, what)
         return _drop_empty(dataset, what, split)
-    dataset = _load_files(builder, {"train": files}, **kwargs)["train"]
+    dataset = _load_files(builder, {"train": files}, what, **kwargs)["train"]
     if not is_text:
         dataset = _select_text_column(dataset, text_field, what)
     dataset = _drop_empty(dataset, what, "whole")
@@ -246,7 +251,7 @@ def load_text_dataset(
     _check_split(split)
     if is_embedded_corpus(data):
         files_by_split = {name: embedded_corpus_files(name) for name in SPLITS}
-        dataset = _load_files("text", files_by_split, sample_by="document")[split]
+        dataset = _load_files("text", files_by_split, "stdlib", sample_by="document")[split]
         return _drop_empty(dataset, "stdlib", split)
     path = resolve_local_path(data)
     if path is not None:
