@@ -37,6 +37,8 @@ class PositionEncoding(nn.Module):
     """
 
     max_positions: int | None = None
+    # Triton block sizes for FlexAttention on GPU (its ``kernel_options``), or None for torch's defaults.
+    flex_kernel_options: dict | None = None
 
     def __init__(self, config):
         super().__init__()
@@ -225,6 +227,10 @@ def t5_causal_bucket(distance: torch.Tensor, num_buckets: int, max_distance: int
 
 class T5BiasPositionEncoding(PositionEncoding):
     """T5 relative bias (Raffel et al., 2020): a learned scalar per (head, distance bucket), shared by layers."""
+
+    # The per-distance table lookup in score_mod runs 1.7x faster with 64 x 64 blocks than with the defaults
+    # (H200, bf16, forward+backward at 2048 tokens; see ANCHORS.md).
+    flex_kernel_options = {"BLOCK_M": 64, "BLOCK_N": 64}
 
     def __init__(self, config):
         super().__init__(config)

@@ -34,7 +34,7 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 
 from .configuration_hf_posenc import PosEncConfig
-from .encodings_hf_posenc import build_position_encoding
+from .encodings_hf_posenc import POSITION_ENCODINGS, build_position_encoding
 
 # transformers 5.24 renamed the cache keyword `past_key_values` to `cache`; follow whichever is installed.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
@@ -89,10 +89,32 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def swap_halves(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((second, first), dim=-1)
+
+
+def prepare_rotary(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Once per forward: (batch, q, head_dim) cos/sin -> (batch, 1, q, head_dim) cos and sign-folded sin.
+
+    ``rotate_half(x) * sin == swap_halves(x) * signed_sin`` bit for bit (only signs move), so every layer
+    saves the negation of its queries and keys: the sign is applied once, to the small table.
+    """
+    first, second = sin.chunk(2, dim=-1)
+    signed_sin = torch.cat((-first, second), dim=-1)
+    return cos.unsqueeze(1), signed_sin.unsqueeze(1)  # broadcast over heads
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, computed as in Llama to the bit, with one temporary fewer."""
+    rotated = swap_halves(x).mul_(signed_sin)  # a fresh tensor from cat: safe to update in place
+    return rotated.add_(x * cos)
+
+
 def apply_rotary(query, key, cos, sin):
     """Rotate (batch, heads, q, head_dim) queries and keys; cos/sin are (batch, q, head_dim)."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, q, head_dim): broadcast over heads
-    return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+    cos, signed_sin = prepare_rotary(cos, sin)
+    return rotate(query, cos, signed_sin), rotate(key, cos, signed_sin)
 
 
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -121,6 +143,9 @@ def flex_attention_with_score_mod(module, query, key, value, block_mask, score_m
     """FlexAttention with an encoding's score bias as ``score_mod``: the bias is never materialized."""
     if dropout > 0:
         raise ValueError("attn_implementation='flex_attention' does not support attention_dropout > 0 in training")
+    extra = {}
+    if query.is_cuda and module.flex_kernel_options:  # Triton block sizes; the CPU kernel takes none
+        extra["kernel_options"] = dict(module.flex_kernel_options)
     output = compile_friendly_flex_attention(
         query,
         key,
@@ -130,6 +155,7 @@ def flex_attention_with_score_mod(module, query, key, value, block_mask, score_m
         enable_gqa=query.shape[1] != key.shape[1],
         scale=scaling,
         training=module.training,
+        **extra,
     )
     return output.transpose(1, 2).contiguous(), None  # (batch, q, heads, head_dim)
 
@@ -147,6 +173,8 @@ class PosEncAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        encoding_class = POSITION_ENCODINGS.get(config.position_encoding)
+        self.flex_kernel_options = getattr(encoding_class, "flex_kernel_options", None)
 
     def forward(self, hidden_states, attention_mask, rotary=None, score_mod=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
@@ -156,8 +184,8 @@ class PosEncAttention(nn.Module):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        if rotary is not None:
-            query, key = apply_rotary(query, key, *rotary)
+        if rotary is not None:  # (cos, signed_sin) from prepare_rotary
+            query, key = rotate(query, *rotary), rotate(key, *rotary)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
@@ -295,6 +323,9 @@ class PosEncModel(PosEncPreTrainedModel):
 
         query_length = inputs_embeds.shape[1]
         query_offset = cache.get_query_offset(0) if cache is not None else 0
+        # Positions we derive ourselves are never packed sequences, so the mask builder need not look for packing:
+        # that search syncs with the device each forward and, under torch.compile, forces a dense mask (no flash).
+        caller_position_ids = position_ids
         if position_ids is None:
             position_ids = positions_from_attention_mask(
                 attention_mask, query_offset, query_length, inputs_embeds.device
@@ -306,14 +337,19 @@ class PosEncModel(PosEncPreTrainedModel):
         if added is not None:
             hidden_states = hidden_states + added
         rotary = encoding.rotary(hidden_states, position_ids)
+        if rotary is not None:
+            rotary = prepare_rotary(*rotary)
 
-        mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **{CACHE_KWARG: cache},
-        )
+        if self._causal_is_implicit(attention_mask, cache, caller_position_ids):
+            mask = None  # SDPA applies the causal mask itself (is_causal), with the flash kernel
+        else:
+            mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=caller_position_ids,
+                **{CACHE_KWARG: cache},
+            )
         mask, score_mod = self._attach_score_bias(mask, attention_mask, cache, query_offset, inputs_embeds)
 
         all_hidden_states = () if output_hidden_states else None
@@ -337,6 +373,19 @@ class PosEncModel(PosEncPreTrainedModel):
             **{OUTPUT_CACHE_FIELD: cache if use_cache else None},
         )
         return output if return_dict is not False else output.to_tuple()
+
+    def _causal_is_implicit(self, attention_mask, cache, caller_position_ids) -> bool:
+        """True when SDPA's own ``is_causal`` is the whole mask: no padding, no cache, no packed positions.
+
+        transformers returns no mask in this case too, except while tracing (torch.compile) in some releases
+        (5.17 does, 5.24 does not), where it builds a dense boolean mask and SDPA loses the flash kernel.
+        """
+        return (
+            self.config._attn_implementation == "sdpa"
+            and attention_mask is None
+            and cache is None
+            and caller_position_ids is None
+        )
 
     def _attach_score_bias(self, mask, attention_mask, cache, query_offset, inputs_embeds):
         """Add the encoding's score bias: into the eager / SDPA mask, or as a FlexAttention score_mod."""
