@@ -201,3 +201,10 @@ def test_data_too_small_for_one_batch_is_refused_before_training(cache_dir, tmp_
     config = tiny_config(small, cache_dir)
     with pytest.raises(UsageError, match="fewer than one global batch"):
         train(config, tmp_path / "out", show_progress=False)
+
+
+def test_tensorboard_tracker_receives_the_metrics(corpus, cache_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    train(tiny_config(corpus, cache_dir, max_steps=4, eval_steps=2, report_to="auto"), tmp_path, show_progress=False)
+    events = list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert events and max(path.stat().st_size for path in events) > 0

@@ -36,7 +36,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
 RUN_CONFIG_FILE = "run_config.yaml"
 # Files that mark a folder as holding a run (refused without --resume / overwrite).
-RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, "checkpoints", "model.safetensors")
+RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, "checkpoints", "model.safetensors", "logs")
 # Sections / fields that must not change when a run is resumed (they fix the model and the data order).
 RESUME_FIXED_SECTIONS = ("model", "data", "tokenizer")
 RESUME_FIXED_TRAINING = ("seed", "gradient_accumulation_steps")
@@ -177,8 +177,7 @@ def build_optimizer(model, t) -> torch.optim.AdamW:
         if param.requires_grad:
             (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from ..run_config import load_run_config
     from ..training import TrainingDiverged, train
 
@@ -61,5 +63,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingDiverged as error:
         print(f"hf-posenc train: error: {error}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2))
+    if PartialState().is_main_process:  # one summary per run, not one per process
+        print(json.dumps(summary, indent=2))
     return 0
