@@ -1,0 +1,211 @@
+"""PNG plots of comparisons and sweeps, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+matplotlib is imported inside the functions: the model and training code never need it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# One colour per encoding in every figure of the project (matplotlib's default cycle, in registry order).
+ENCODING_COLORS = {
+    "sinusoidal": "#1f77b4",
+    "learned": "#ff7f0e",
+    "rope": "#2ca02c",
+    "alibi": "#d62728",
+    "t5_bias": "#9467bd",
+    "nope": "#8c564b",
+}
+_EXTRA_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+DPI = 110
+
+
+def encoding_color(encoding: str) -> str:
+    if encoding in ENCODING_COLORS:
+        return ENCODING_COLORS[encoding]
+    return _EXTRA_COLORS[sum(map(ord, encoding)) % len(_EXTRA_COLORS)]  # stable for registered encodings
+
+
+def new_figure(width: float, height: float):
+    """A figure on the Agg canvas (no GUI backend, safe in threads and headless machines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save(figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def read_metrics(model_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) of a model folder's metrics.jsonl."""
+    train, valid = [], []
+    path = Path(model_dir) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if "eval_loss" in row:
+                    valid.append(row)
+                elif "loss" in row:
+                    train.append(row)
+    return train, valid
+
+
+def plot_loss_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "Language-model training") -> Path:
+    """Training and validation loss by step, one line per encoding (``runs``: encoding -> model folder)."""
+    figure = new_figure(10, 3.8)
+    train_ax, valid_ax = figure.subplots(1, 2)
+    for encoding, model_dir in runs.items():
+        train, valid = read_metrics(model_dir)
+        color = encoding_color(encoding)
+        if train:
+            train_ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=color, label=encoding)
+        if valid:
+            valid_ax.plot([r["step"] for r in valid], [r["eval_loss"] for r in valid], color=color, marker="o",
+                          markersize=3, label=encoding)
+    for ax, name in ((train_ax, "training loss"), (valid_ax, "validation loss")):
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{name} (nats/token)")
+        ax.set_title(name.capitalize())
+        ax.grid(alpha=0.3)
+    valid_ax.legend(fontsize=8)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def plot_perplexity_vs_length(records: Sequence[dict], path: str | Path, train_length: int | None = None,
+                              title: str = "Perplexity by evaluation length") -> Path:
+    """One line per model (``label``, default the encoding), log y; unsupported lengths are marked in the legend."""
+    figure = new_figure(7.5, 4.8)
+    ax = figure.subplots()
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        if record.get("record_type", "perplexity") == "perplexity":
+            by_label[record.get("label") or record["position_encoding"]].append(record)
+    lengths = sorted({r["eval_length"] for rows in by_label.values() for r in rows})
+    for label, rows in by_label.items():
+        rows = sorted(rows, key=lambda r: r["eval_length"])
+        ok = [r for r in rows if r.get("status") == "ok" and r.get("perplexity") is not None]
+        missing = [r["eval_length"] for r in rows if r not in ok]
+        legend = label + (f" (no value at {', '.join(map(str, missing))})" if missing else "")
+        scaled = bool(rows[0].get("rope_scaling"))
+        ax.plot([r["eval_length"] for r in ok], [r["perplexity"] for r in ok], marker="o", markersize=4,
+                color=encoding_color(rows[0]["position_encoding"]), linestyle="--" if scaled else "-", label=legend)
+    if train_length:
+        ax.axvline(train_length, color="grey", linestyle=":", label=f"training length ({train_length})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
+    if lengths:
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save(figure, path)
+
+
+def plot_task_accuracy(records: Sequence[dict], path: str | Path, train_range: tuple[int, int] | None = None,
+                       title: str = "Synthetic tasks: exact-match accuracy by length") -> Path:
+    """One panel per task, one line per encoding; the trained lengths are shaded."""
+    rows = [r for r in records if r.get("record_type") == "task"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    figure = new_figure(4.2 * max(1, len(tasks)), 3.8)
+    axes = figure.subplots(1, max(1, len(tasks)), squeeze=False)[0]
+    for ax, task in zip(axes, tasks):
+        by_encoding: dict[str, list[dict]] = defaultdict(list)
+        for r in rows:
+            if r["task"] == task:
+                by_encoding[r["position_encoding"]].append(r)
+        for encoding, cells in by_encoding.items():
+            cells.sort(key=lambda r: r["length"])
+            ax.plot([c["length"] for c in cells], [c["accuracy"] for c in cells], marker="o", markersize=4,
+                    color=encoding_color(encoding), label=encoding)
+        if train_range:
+            ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="grey", alpha=0.15, label="trained lengths")
+        ax.set_title(task)
+        ax.set_xlabel("instance length (digits)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("exact-match accuracy")
+    axes[-1].legend(fontsize=8)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def plot_sweep(trials: Sequence[dict], path: str | Path, title: str = "Hyperparameter sweep") -> Path:
+    """Validation loss per trial (coloured by encoding), then against each swept parameter."""
+    done = [t for t in trials if t.get("status") == "ok" and _finite(t.get("eval_loss"))]
+    params = sorted({name for t in done for name in t.get("params", {})})
+    panels = 1 + len(params)
+    columns = min(panels, 3)
+    rows = math.ceil(panels / columns)
+    figure = new_figure(4.2 * columns, 3.4 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    encodings = list(dict.fromkeys(t["position_encoding"] for t in done))
+    for encoding in encodings:
+        mine = [(i, t) for i, t in enumerate(done) if t["position_encoding"] == encoding]
+        axes[0].scatter([i for i, _ in mine], [t["eval_loss"] for _, t in mine], color=encoding_color(encoding),
+                        label=encoding, s=18)
+    axes[0].set_xlabel("trial (in run order)")
+    axes[0].set_ylabel("validation loss")
+    axes[0].set_title("all trials")
+    axes[0].legend(fontsize=8)
+    for ax, name in zip(axes[1:], params):
+        values = [t["params"].get(name) for t in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        categories = sorted({str(v) for v in values})
+        for encoding in encodings:
+            xs, ys = [], []
+            for t in done:
+                if t["position_encoding"] == encoding and name in t["params"]:
+                    value = t["params"][name]
+                    xs.append(value if numeric else categories.index(str(value)))
+                    ys.append(t["eval_loss"])
+            ax.scatter(xs, ys, color=encoding_color(encoding), s=18)
+        if numeric and values and min(values) > 0 and max(values) / min(values) >= 20:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel(name)
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis with plain numbers (12.5, 20) instead of 1.25x10^1."""
+    from matplotlib.ticker import FuncFormatter
+
+    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(formatter)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = [
+    "plot_loss_curves",
+    "plot_perplexity_vs_length",
+    "plot_task_accuracy",
+    "plot_sweep",
+    "encoding_color",
+    "ENCODING_COLORS",
+]
