@@ -98,6 +98,7 @@ def test_empty_dataset(config_file, tmp_path, capsys):
     assert code == 2 and last_line.startswith("hf-posenc train: error: data ") and "empty" in last_line
 
 
+@pytest.mark.slow
 def test_console_script_prints_no_traceback(tmp_path):
     """The real entry point, in a fresh interpreter."""
     result = subprocess.run(

@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from .checkpointing import latest_complete_checkpoint, load_checkpoint, remove_staging_leftovers, save_checkpoint
+from .checkpointing import (
+    TRAINER_STATE_FILE,
+    latest_complete_checkpoint,
+    load_checkpoint,
+    remove_staging_leftovers,
+    save_checkpoint,
+)
 from .errors import UsageError
 from .run_config import RunConfig
 
@@ -138,7 +144,7 @@ def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batche
     model.eval()
     for start in range(0, len(mine), per_device):
         input_ids = blocks[mine[start : start + per_device]]["input_ids"].to(accelerator.device)  # (b, block)
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
         predicted = input_ids.numel() - input_ids.shape[0]  # each row predicts block_size - 1 tokens
         total += loss.double() * predicted
         count += predicted
@@ -230,17 +236,15 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
-def _prepare_output_dir(output_dir: Path, resume: bool, overwrite: bool) -> None:
-    existing = [name for name in RUN_ARTIFACTS if (output_dir / name).exists()]
-    if existing and not resume:
-        if not overwrite:
-            raise UsageError(
-                f"output directory {str(output_dir)!r} already holds a run ({', '.join(existing)}); "
-                "pass --resume to continue it, or choose another --output-dir"
-            )
-        for name in existing:
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+def _previous_run_artifacts(output_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """What an earlier run left in ``output_dir``: refused unless resuming; with overwrite, to be deleted."""
+    existing = [output_dir / name for name in RUN_ARTIFACTS if (output_dir / name).exists()]
+    if existing and not resume and not overwrite:
+        raise UsageError(
+            f"output directory {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
+            "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
+        )
+    return [] if resume else existing
 
 
 def _check_resume_compatible(saved_path: Path, current: RunConfig) -> None:
@@ -291,31 +295,32 @@ def train(
     ``TrainingDiverged`` when the loss becomes NaN/inf (the last good checkpoint is kept).
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     run_config = copy.deepcopy(run_config)
     run_config.validate()
     output_dir = Path(output_dir or run_config.output_dir or default_output_dir(run_config))
-    _prepare_output_dir(output_dir, resume, overwrite)
+    to_delete = _previous_run_artifacts(output_dir, resume, overwrite)  # deleted once the input is known to be good
     t = run_config.training
     trackers = resolve_trackers(t.report_to)
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-    accelerator = Accelerator(
-        cpu=not has_accelerator,  # makes torchrun on CPU use gloo (MULTI_CPU) instead of N lone processes
-        mixed_precision=resolve_mixed_precision(t.mixed_precision),
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        log_with=trackers or None,
-        project_dir=str(output_dir / "logs"),
-        dynamo_backend="inductor" if t.torch_compile else "no",
-    )
+    try:
+        accelerator = Accelerator(
+            cpu=not has_accelerator,  # makes torchrun on CPU use gloo (MULTI_CPU) instead of N lone processes
+            mixed_precision=resolve_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_dir=str(output_dir / "logs"),
+            dynamo_backend="inductor" if t.torch_compile else "no",
+        )
+    except (ValueError, ImportError) as error:  # e.g. fp16 without a GPU, an unknown or missing tracker
+        _reset_accelerate_singletons()
+        raise UsageError(f"cannot set up Accelerate with training.mixed_precision={t.mixed_precision!r}, "
+                         f"training.report_to={t.report_to!r}: {error}") from error
     threads_before = torch.get_num_threads()
     if t.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(t.cpu_threads)
     try:
-        return _train_with(accelerator, run_config, output_dir, resume, show_progress, callbacks, tqdm,
-                           get_cosine_schedule_with_warmup, set_seed, trackers)
+        return _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers)
     finally:
         torch.set_num_threads(threads_before)
         if trackers:
@@ -323,8 +328,10 @@ def train(
         _reset_accelerate_singletons()
 
 
-def _train_with(accelerator, run_config, output_dir, resume, show_progress, callbacks, tqdm, cosine_schedule, set_seed,
-                trackers) -> dict:
+def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers) -> dict:
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
     t = run_config.training
     main = accelerator.is_main_process
     show = show_progress and main
@@ -350,6 +357,8 @@ def _train_with(accelerator, run_config, output_dir, resume, show_progress, call
     if checkpoint is not None and saved_config.exists():
         _check_resume_compatible(saved_config, run_config)
     if main:
+        for path in to_delete:  # --overwrite: the earlier run goes only now that the input has been checked
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
         output_dir.mkdir(parents=True, exist_ok=True)
         saved_config.write_text(run_config.to_yaml())
     accelerator.wait_for_everyone()
@@ -359,19 +368,20 @@ def _train_with(accelerator, run_config, output_dir, resume, show_progress, call
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = build_optimizer(model, t)
-    scheduler = cosine_schedule(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
     metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if checkpoint is not None:
-        state.update(load_checkpoint(accelerator, checkpoint))
-        if state["global_batch_size"] != global_batch * t.gradient_accumulation_steps:
+        saved_batch = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())["global_batch_size"]
+        if saved_batch != state["global_batch_size"]:  # the data position is counted in global batches
             raise UsageError(
                 f"cannot resume: the global batch ({global_batch} x {t.gradient_accumulation_steps} accumulation) differs "
-                f"from the checkpoint's {state['global_batch_size']} rows per step"
+                f"from the checkpoint's {saved_batch} rows per step"
             )
+        state.update(load_checkpoint(accelerator, checkpoint))
         _say(main, f"Resuming from {checkpoint} (step {state['step']})")
     elif resume:
         _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
@@ -388,7 +398,7 @@ def _train_with(accelerator, run_config, output_dir, resume, show_progress, call
     batches_per_epoch = loader.batch_sampler.batches_per_epoch
     summary = _run_loop(
         accelerator, model, optimizer, scheduler, iter(loader), data, run_config, output_dir, state, metrics,
-        callbacks, tqdm, show, batches_per_epoch,
+        callbacks, show, batches_per_epoch,
     )
     _export(accelerator, model, data, run_config, output_dir, summary)
     return summary
@@ -400,7 +410,9 @@ def _say(main: bool, message: str) -> None:
 
 
 def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_config, output_dir, state, metrics,
-              callbacks, tqdm, show, batches_per_epoch) -> dict:
+              callbacks, show, batches_per_epoch) -> dict:
+    from tqdm.auto import tqdm
+
     t = run_config.training
     device = accelerator.device
     tokens_per_step = t.per_device_batch_size * accelerator.num_processes * t.gradient_accumulation_steps * run_config.data.block_size
@@ -438,7 +450,7 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             for _ in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=input_ids, labels=input_ids).loss
+                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
