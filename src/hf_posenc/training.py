@@ -67,6 +67,8 @@ class PreparedData:
 
 def prepare_data(run_config: RunConfig, show_progress: bool = True) -> PreparedData:
     """Tokenizer (trained once and cached, or loaded) and packed train/validation blocks."""
+    if importlib.util.find_spec("datasets") is None:
+        raise UsageError("training reads its data through the `datasets` package; install it: pip install datasets")
     from .data import describe_data, load_text_dataset, tokenize_and_pack
     from .tokenization import load_or_train_tokenizer
 
