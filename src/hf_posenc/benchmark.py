@@ -41,6 +41,8 @@ from .errors import UsageError
 
 # bf16 dense matmul ceiling used for MFU unless --peak-tflops says otherwise: ANCHORS.md, 8192^3 on an H200.
 DEFAULT_PEAK_TFLOPS = 798.0
+# Timed rounds run even when the time budget is spent (compilation can eat it before the first round).
+MIN_ROUNDS = 3
 
 
 @dataclass
@@ -124,9 +126,9 @@ def run_interleaved(jobs: dict, options: BenchOptions, deadline: Deadline, descr
         except Exception as error:  # noqa: BLE001 - one model failing must not stop the benchmark
             results[key]["status"], results[key]["reason"] = _failure(error)
             free_device_memory(options.device)
-    rounds = options.steps if jobs.__len__() else 0
+    rounds = options.steps if jobs else 0
     for round_index in _progress(range(rounds), options, f"{description}: timed rounds"):
-        if deadline.passed() and round_index > 0:
+        if deadline.passed() and round_index >= MIN_ROUNDS:  # a median needs a few rounds, budget or not
             for key in alive:
                 results[key]["reason"] = f"time budget reached after {round_index} timed rounds"
             break

@@ -177,18 +177,24 @@ def run_agreement(
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     if flex_encodings is None:
         flex_encodings = [e for e in encodings if e == "nope" or encoding_has_score_bias(e, AGREEMENT_SHAPE)]
+    # Order: SDPA for everything (cheap), compiled training steps, then FlexAttention in eager mode (each shape
+    # compiles its own kernels), so that a time budget cuts the least informative checks.
     plan = []
-    for encoding in encodings:
-        for backend in backends:
-            if backend == "flex_attention" and encoding not in flex_encodings:
-                continue
-            plan.append((check_forward, encoding, backend, {}))
-            if backend != "flex_attention" or device.type == "cuda":  # FlexAttention has no CPU backward
-                plan.append((check_training, encoding, backend, {}))
-            plan.append((check_decode, encoding, backend, {}))
+    for backend in backends:
+        if backend == "flex_attention":
+            continue
+        for encoding in encodings:
+            plan += [(check_forward, encoding, backend, {}), (check_training, encoding, backend, {}),
+                     (check_decode, encoding, backend, {})]
     for encoding in compile_encodings or []:
         backend = "flex_attention" if device.type == "cuda" and encoding in flex_encodings else "sdpa"
         plan.append((check_training, encoding, backend, {"compiled": True}))
+    if "flex_attention" in backends:
+        for encoding in (e for e in encodings if e in flex_encodings):
+            plan.append((check_forward, encoding, "flex_attention", {}))
+            if device.type == "cuda":  # FlexAttention has no CPU backward
+                plan.append((check_training, encoding, "flex_attention", {}))
+            plan.append((check_decode, encoding, "flex_attention", {}))
 
     records = []
     for check, encoding, backend, extra in plan:

@@ -169,6 +169,19 @@ def build_model(
     max_position_embeddings: int | None = None,
 ):
     """Build ``hf_posenc:<encoding>`` or a transformers reference of the same shape, randomly initialized."""
+    shape = dict(shape)
+    if max_position_embeddings is not None:
+        shape["max_position_embeddings"] = max(shape["max_position_embeddings"], max_position_embeddings)
+    # Untied embeddings everywhere, as transformers' Llama at this size: same parameter layout for all models.
+    common = dict(tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    with torch.device(device):  # initialize in place: a 134M model initializes in seconds on CPU, not on GPU
+        model = _construct(name, shape, common)
+    model.set_attn_implementation(attn_implementation)  # raises if the model does not support it
+    return model.to(device=device, dtype=dtype)
+
+
+def _construct(name: str, shape: dict, common: dict):
     from transformers import (
         BloomConfig,
         BloomForCausalLM,
@@ -180,12 +193,6 @@ def build_model(
 
     from .modeling_hf_posenc import PosEncForCausalLM
 
-    shape = dict(shape)
-    if max_position_embeddings is not None:
-        shape["max_position_embeddings"] = max(shape["max_position_embeddings"], max_position_embeddings)
-    # Untied embeddings everywhere, as transformers' Llama at this size: same parameter layout for all models.
-    common = dict(tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
     if name.startswith("hf_posenc:"):
         config = PosEncConfig(**shape, **common, position_encoding=name.split(":", 1)[1])
         model = PosEncForCausalLM(config)
@@ -216,8 +223,7 @@ def build_model(
         model = BloomForCausalLM(config)
     else:
         raise UsageError(f"unknown benchmark model {name!r}")
-    model.set_attn_implementation(attn_implementation)  # raises if the model does not support it
-    return model.to(device=device, dtype=dtype)
+    return model
 
 
 def count_parameters(model) -> int:

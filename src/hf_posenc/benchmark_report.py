@@ -231,14 +231,17 @@ def plot_scaling(records: list[dict], path: str | Path) -> Path | None:
     except ImportError:
         return None
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    models = list(dict.fromkeys(r["model"] for r in scaling))
+    colors = {model: plt.get_cmap("tab10")(index % 10) for index, model in enumerate(models)}  # one per encoding
     for model, mode, attn in dict.fromkeys((r["model"], r["mode"], r["attn_implementation"]) for r in scaling):
         rows = sorted((r for r in scaling if (r["model"], r["mode"], r["attn_implementation"]) == (model, mode, attn)),
                       key=lambda r: r["seq_len"])
         label = f"{model.split(':', 1)[1]} {mode.replace('_scaling', '')} ({attn})"
-        style = "-" if mode == "train_scaling" else "--"
+        style = "-" if mode == "train_scaling" else "--"  # solid: forward+backward, dashed: evaluation
         lengths = [r["seq_len"] for r in rows]
-        time_axis.plot(lengths, [r["time_s"] * 1e3 for r in rows], style, marker="o", label=label)
-        memory_axis.plot(lengths, [r["peak_memory_bytes"] / 2**30 for r in rows], style, marker="o", label=label)
+        time_axis.plot(lengths, [r["time_s"] * 1e3 for r in rows], style, marker="o", color=colors[model], label=label)
+        memory_axis.plot(lengths, [r["peak_memory_bytes"] / 2**30 for r in rows], style, marker="o",
+                         color=colors[model], label=label)
     for axis, ylabel in ((time_axis, "ms per pass (batch 1)"), (memory_axis, "peak memory (GiB)")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
