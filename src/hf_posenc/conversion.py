@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from .configuration_hf_posenc import PosEncConfig
 from .modeling_hf_posenc import PosEncForCausalLM
+
+if TYPE_CHECKING:  # importing transformers' Llama costs seconds: only from_llama needs it
+    from transformers import LlamaConfig, LlamaForCausalLM
 
 # LlamaConfig fields that carry over one to one.
 _SHARED_FIELDS = (
@@ -58,6 +61,8 @@ def from_llama(model_or_path: LlamaForCausalLM | str | os.PathLike, **config_ove
     With no overrides the result computes the same logits as the Llama (same weights, RoPE, masks).
     Weights an encoding adds (a learned position table, the T5 bias table) are freshly initialized.
     """
+    from transformers import LlamaForCausalLM
+
     llama = model_or_path
     if not isinstance(llama, torch.nn.Module):
         llama = LlamaForCausalLM.from_pretrained(model_or_path)
