@@ -251,13 +251,15 @@ class SweepRunner:
         try:
             run = trial_run_config(self.config, encoding, params)
         except UsageError as error:
-            record = self._record(encoding, params, _hash({"encoding": encoding, "params": params}), "invalid", error=str(error))
-            return self._log(record)
-        key = trial_key(encoding, run)
+            run, key, invalid = None, _hash({"encoding": encoding, "params": params, "sweep": self.config.sweep_id}), str(error)
+        else:
+            key, invalid = trial_key(encoding, run), None
         if key in self.finished:
             self.reused += 1
             self.session.append(self.finished[key])
             return self.finished[key]
+        if invalid is not None:  # the parameters make no valid run: logged once, never trained
+            return self._log(self._record(encoding, params, key, "invalid", error=invalid))
         trial_dir = self.output_dir / "trials" / f"{encoding}-{key}"
         run.run_name = f"{self.config.name}-{encoding}-{key}"
         _say(f"trial {len(self.logged) + 1}: {encoding} {params}")
@@ -363,13 +365,29 @@ def _optuna_search(config: SweepConfig, runner: SweepRunner, encoding: str) -> N
                                                           state=optuna.trial.TrialState.FAIL))
         except ValueError:  # parameters outside the current space: not part of this study
             continue
-    for _ in range(max(0, config.num_trials - len(seen))):
+    needed = max(0, config.num_trials - len(seen))
+    attempts = 0
+    while needed > 0 and attempts < 20 * config.num_trials:  # the sampler may propose a finished trial again
+        attempts += 1
         trial = study.ask(distributions)
-        record = runner.run(encoding, dict(trial.params))
+        params = {name: _plain(value) for name, value in trial.params.items()}
+        known = _finished_with(runner, encoding, params)
+        record = known if known is not None else runner.run(encoding, params)
+        if known is None:
+            needed -= 1
         if record["status"] == "ok" and record.get("eval_loss") is not None and math.isfinite(record["eval_loss"]):
             study.tell(trial, record["eval_loss"])
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+
+def _finished_with(runner: SweepRunner, encoding: str, params: dict) -> dict | None:
+    """The logged result of these exact parameters, if any (without running or logging anything)."""
+    try:
+        key = trial_key(encoding, trial_run_config(runner.config, encoding, params))
+    except UsageError:
+        key = _hash({"encoding": encoding, "params": params, "sweep": runner.config.sweep_id})
+    return runner.finished.get(key)
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
