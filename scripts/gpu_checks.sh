@@ -23,7 +23,7 @@ OUT=${OUT:-$PWD/gpu_checks_out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 START=$(date +%s)
 
 if [ "${GPU_CHECKS_DRY_RUN:-0}" = "1" ]; then
