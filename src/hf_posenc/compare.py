@@ -54,12 +54,13 @@ TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "threads", "run", "eval", "
 EMBEDDED_DEFAULT_CONFIG = """\
 # hf-posenc compare, CPU-sized: one small byte-level language model per position encoding, trained on the
 # embedded corpus (this Python's standard library) with 128-token sequences and evaluated at 1x-8x that
-# length, plus the synthetic copy / reverse / addition tasks. Aimed at ~10 minutes on 2 idle CPU cores.
+# length, plus the synthetic copy and reverse tasks. Aimed at ~10 minutes on 2 idle CPU cores.
 # `hf-posenc compare` with no arguments runs exactly this file (it is embedded in hf_posenc.compare).
 name: compare-tiny
 output_dir: runs/compare-tiny
 encodings: [sinusoidal, learned, rope, alibi, t5_bias, nope]
-threads: null            # torch CPU threads; null = torch's default (one per core)
+threads: 1               # torch CPU threads. One: these models are too small to gain much from a second
+                         # thread, and on a busy machine two threads spinning at every op can be 10x slower
 
 run:                     # a run config as in configs/tiny.yaml; model.position_encoding is set per encoding
   model:
@@ -101,10 +102,13 @@ eval:
   rope_scaling: [dynamic]  # also evaluate the rope model with eval-time dynamic NTK scaling (factor 1024/128)
 
 tasks:                   # hf_posenc.tasks.TaskSettings; `tasks: null` skips the synthetic tasks
-  tasks: [copy, reverse, addition]
+  # addition is left out here: at this budget it is not learned even in range (600 steps of addition alone
+  # reached 2% exact match at 2 digits when tried), so it would only dilute copy and reverse; the GPU config
+  # configs/compare-small.yaml trains all three long enough. Add it with --set tasks.tasks=[copy,reverse,addition].
+  tasks: [copy, reverse]
   train_min_length: 1
   train_max_length: 8
-  test_lengths: [4, 8, 12, 16, 24]
+  test_lengths: [4, 6, 8, 10, 12, 16]
   num_test_examples: 100
   hidden_size: 64
   intermediate_size: 128

@@ -58,7 +58,8 @@ def distance_profile(encoding_name: str, config, model=None, max_distance: int =
     torch.manual_seed(seed)
     encoding = model.model.position_encoding if model is not None else build_position_encoding(config)
     distance = torch.arange(max_distance + 1)
-    note = "trained" if model is not None else "definition"
+    # only learned and t5_bias have trained parameters; the others are fixed functions of the distance
+    note = "trained" if model is not None and encoding_name in ("learned", "t5_bias") else "definition"
     with torch.no_grad():
         if encoding_name == "alibi":
             bias = encoding.score_bias(max_distance + 1, torch.device("cpu"), torch.float32)

@@ -87,7 +87,7 @@ def plot_loss_curves(runs: Mapping[str, str | Path], path: str | Path, title: st
 def plot_perplexity_vs_length(records: Sequence[dict], path: str | Path, train_length: int | None = None,
                               title: str = "Perplexity by evaluation length") -> Path:
     """One line per model (``label``, default the encoding), log y; unsupported lengths are marked in the legend."""
-    figure = new_figure(7.5, 4.8)
+    figure = new_figure(9, 4.8)
     ax = figure.subplots()
     by_label: dict[str, list[dict]] = defaultdict(list)
     for record in records:
@@ -113,7 +113,7 @@ def plot_perplexity_vs_length(records: Sequence[dict], path: str | Path, train_l
     ax.set_ylabel("perplexity (log scale)")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save(figure, path)
 
 
@@ -133,6 +133,7 @@ def plot_task_accuracy(records: Sequence[dict], path: str | Path, train_range: t
             cells.sort(key=lambda r: r["length"])
             ax.plot([c["length"] for c in cells], [c["accuracy"] for c in cells], marker="o", markersize=4,
                     color=encoding_color(encoding), label=encoding)
+        ax.set_xticks(sorted({r["length"] for r in rows if r["task"] == task}))
         if train_range:
             ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="grey", alpha=0.15, label="trained lengths")
         ax.set_title(task)
