@@ -180,6 +180,8 @@ def plot_sweep(trials: Sequence[dict], path: str | Path, title: str = "Hyperpara
             ax.set_xscale("log")
         if not numeric:
             ax.set_xticks(range(len(categories)), categories)
+        elif len(set(values)) <= 6:  # a few choices: tick exactly those
+            ax.set_xticks(sorted(set(values)))
         ax.set_xlabel(name)
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)

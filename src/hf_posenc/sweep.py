@@ -8,6 +8,7 @@ A sweep config (YAML)::
     search: random            # grid | random | optuna (optuna: pip install optuna, or the dev extra)
     num_trials: 4             # per encoding (random / optuna; grid runs every combination)
     seed: 0
+    threads: 1                # torch CPU threads (null: torch's default)
     space:                    # dotted run-config keys
       model.num_hidden_layers: [1, 2]                       # a list: choose one of these values
       training.lr: {low: 1.0e-3, high: 1.0e-2, log: true}   # a range (random / optuna only); int bounds -> integers
@@ -47,7 +48,7 @@ from .errors import UsageError
 from .run_config import SECTION_TYPES, RunConfig
 
 SEARCH_METHODS = ("grid", "random", "optuna")
-TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "search", "num_trials", "seed", "space", "run")
+TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "search", "num_trials", "seed", "threads", "space", "run")
 FINISHED = ("ok", "diverged", "invalid")  # statuses that are not retried
 TRIALS_FILE = "trials.jsonl"
 
@@ -126,6 +127,7 @@ class SweepConfig:
     space: list[Parameter]
     run: RunConfig
     raw: dict  # as read (for the sweep's identity hash)
+    threads: int | None = None
 
     @property
     def sweep_id(self) -> str:
@@ -186,9 +188,12 @@ def sweep_config_from_dict(raw: dict, source: str = "sweep config", default_name
             import optuna  # noqa: F401
         except ImportError as error:
             raise UsageError("search: optuna needs the optuna package: pip install optuna (or pip install 'hf_posenc[dev]')") from error
+    threads = raw.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"threads in {source} must be an integer >= 1 or null, got {threads!r}")
     run = RunConfig.from_dict(raw.get("run"), source=f"{source} (run section)")
     return SweepConfig(str(raw.get("name") or default_name), raw.get("output_dir"), list(encodings), search, num_trials,
-                       seed, space, run, raw)
+                       seed, space, run, raw, threads)
 
 
 def _hash(value) -> str:
@@ -319,6 +324,10 @@ def _say(message: str) -> None:
 def run_sweep(config: SweepConfig, output_dir: str | Path | None = None, show_progress: bool = True) -> dict:
     """Run the sweep (skipping logged trials); write results.md and sweep.png. Returns ``{"trials", ...}``."""
     output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "sweep_config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
     runner = SweepRunner(config, output_dir, show_progress)
