@@ -99,7 +99,7 @@ eval:
   max_tokens: 8192       # scored tokens per length (whole windows); null = the whole validation split
   stride: null           # null = non-overlapping windows
   batch_size: 8
-  rope_scaling: [dynamic]  # also evaluate the rope model with eval-time dynamic NTK scaling (factor 1024/128)
+  rope_scaling: [dynamic, yarn]  # also evaluate the rope model with eval-time RoPE scaling (factor 1024/128)
 
 tasks:                   # hf_posenc.tasks.TaskSettings; `tasks: null` skips the synthetic tasks
   # addition is left out here: at this budget it is not learned even in range (600 steps of addition alone
