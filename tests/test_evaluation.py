@@ -178,8 +178,11 @@ def test_rope_scaling_at_eval_time_changes_rope_results(model_dirs, tmp_path):
     linear = evaluate_model_dir(model_dirs["rope"], lengths, rope_scaling="linear", rope_factor=4.0,
                                 output=tmp_path / "linear.json", **common)
     dynamic = evaluate_model_dir(model_dirs["rope"], lengths, rope_scaling="dynamic", output=tmp_path / "dynamic.json", **common)
+    yarn = evaluate_model_dir(model_dirs["rope"], lengths, rope_scaling="yarn", rope_factor=2.0, output=tmp_path / "yarn.json", **common)
     ppl = {name: [r["perplexity"] for r in e["results"]] for name, e in
-           (("plain", plain), ("linear", linear), ("dynamic", dynamic))}
+           (("plain", plain), ("linear", linear), ("dynamic", dynamic), ("yarn", yarn))}
+    assert yarn["rope_scaling"] == {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32}
+    assert ppl["yarn"][0] != pytest.approx(ppl["plain"][0], rel=1e-6)  # YaRN also scales cos/sin (attention temperature): every length changes
     assert linear["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}
     # dynamic NTK is anchored at the training length (32): unchanged up to it, different beyond; factor 64 / 32
     assert dynamic["rope_scaling"] == {"rope_type": "dynamic", "factor": 2.0, "original_max_position_embeddings": 32}
