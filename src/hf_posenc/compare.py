@@ -343,7 +343,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     import torch
 
     from .evaluation import evaluate_model_dir
-    from .tasks import run_task_study
+    from .tasks import run_task_study, task_dir_is_complete
     from .training import SUMMARY_FILE, train
 
     output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
@@ -396,8 +396,6 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     if config.tasks is not None and not skip_tasks:
         for index, encoding in enumerate(config.encodings, 1):
             task_dir = output_dir / "tasks" / encoding
-            from .tasks import task_dir_is_complete
-
             if not overwrite and task_dir_is_complete(task_dir, encoding, config.tasks):
                 reused["tasks"].append(encoding)
             else:
