@@ -43,7 +43,7 @@ import yaml
 
 from .errors import UsageError
 from .evaluation import ROPE_SCALING_TYPES, parse_lengths
-from .run_config import RunConfig
+from .run_config import RunConfig, parse_yaml, read_config_file
 from .tasks import TaskSettings
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
@@ -181,16 +181,11 @@ class CompareConfig:
 def load_compare_config(path: str | Path | None = None, overrides: dict | None = None) -> CompareConfig:
     """Read a compare config (None: the embedded default) and apply dotted ``--set`` overrides."""
     if path is None:
-        text, source, stem = EMBEDDED_DEFAULT_CONFIG, f"embedded default ({DEFAULT_CONFIG_NAME})", "compare-tiny"
+        source, stem = f"embedded default ({DEFAULT_CONFIG_NAME})", "compare-tiny"
+        raw = parse_yaml(EMBEDDED_DEFAULT_CONFIG, source)
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise UsageError(f"config file not found: {str(path)!r}")
-        text, source, stem = path.read_text(), f"config file {str(path)!r}", path.stem
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise UsageError(f"{source} is not valid YAML: {error}") from error
+        raw, source = read_config_file(path)
+        stem = Path(path).stem
     if not isinstance(raw, dict):
         raise UsageError(f"{source} must be a YAML mapping with keys {list(TOP_LEVEL_KEYS)}")
     for dotted, value in (overrides or {}).items():

@@ -231,16 +231,28 @@ class RunConfig:
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
-def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config and apply dotted overrides; raises UsageError on any bad input."""
+def parse_yaml(text: str, source: str) -> Any:
+    """Parsed YAML; a UsageError naming ``source`` when it is malformed."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"{source} is not valid YAML: {error}") from error
+
+
+def read_config_file(path: str | Path) -> tuple[Any, str]:
+    """The parsed YAML of a config file (run, compare or sweep) and its description for messages."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file not found: {str(path)!r}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UsageError(f"config file {str(path)!r} is not valid YAML: {error}") from error
-    config = RunConfig.from_dict(raw, source=f"config file {str(path)!r}")
+    source = f"config file {str(path)!r}"
+    return parse_yaml(path.read_text(), source), source
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config and apply dotted overrides; raises UsageError on any bad input."""
+    path = Path(path)
+    raw, source = read_config_file(path)
+    config = RunConfig.from_dict(raw, source=source)
     if config.run_name is None:
         config.run_name = path.stem
     return config.with_overrides(overrides)

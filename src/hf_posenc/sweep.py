@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
-from .run_config import SECTION_TYPES, RunConfig
+from .run_config import SECTION_TYPES, RunConfig, read_config_file
 
 SEARCH_METHODS = ("grid", "random", "optuna")
 TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "search", "num_trials", "seed", "threads", "space", "run")
@@ -138,14 +138,9 @@ class SweepConfig:
 
 def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file not found: {str(path)!r}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UsageError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+    raw, source = read_config_file(path)
     if not isinstance(raw, dict):
-        raise UsageError(f"config file {str(path)!r} must be a YAML mapping with keys {list(TOP_LEVEL_KEYS)}")
+        raise UsageError(f"{source} must be a YAML mapping with keys {list(TOP_LEVEL_KEYS)}")
     for dotted, value in (overrides or {}).items():
         node, parts = raw, dotted.split(".")
         if parts[0] not in TOP_LEVEL_KEYS:
@@ -155,7 +150,7 @@ def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepC
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
-    return sweep_config_from_dict(raw, source=f"config file {str(path)!r}", default_name=path.stem)
+    return sweep_config_from_dict(raw, source=source, default_name=path.stem)
 
 
 def sweep_config_from_dict(raw: dict, source: str = "sweep config", default_name: str = "sweep") -> SweepConfig:
