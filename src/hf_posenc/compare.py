@@ -244,13 +244,18 @@ def compare_config_from_dict(raw: dict, source: str = "compare config", default_
     return config
 
 
-def _eval_settings(raw, source: str) -> EvalSettings:
+def _section(settings_class, raw, section: str, source: str):
+    """Build a settings dataclass from one config section, refusing keys it does not have."""
     raw = dict(raw or {})
-    allowed = {f.name for f in dataclasses.fields(EvalSettings)}
+    allowed = {f.name for f in dataclasses.fields(settings_class)}
     unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in the eval section of {source}; allowed: {sorted(allowed)}")
-    settings = EvalSettings(**raw)
+        raise UsageError(f"unknown key(s) {unknown} in the {section} section of {source}; allowed: {sorted(allowed)}")
+    return settings_class(**raw)
+
+
+def _eval_settings(raw, source: str) -> EvalSettings:
+    settings = _section(EvalSettings, raw, "eval", source)
     settings.lengths = parse_lengths(settings.lengths if isinstance(settings.lengths, list) else str(settings.lengths))
     for name in ("max_tokens", "max_windows", "stride", "batch_size"):
         value = getattr(settings, name)
@@ -264,12 +269,7 @@ def _eval_settings(raw, source: str) -> EvalSettings:
 
 
 def _figure_settings(raw, source: str) -> FigureSettings:
-    raw = dict(raw or {})
-    allowed = {f.name for f in dataclasses.fields(FigureSettings)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in the figures section of {source}; allowed: {sorted(allowed)}")
-    settings = FigureSettings(**raw)
+    settings = _section(FigureSettings, raw, "figures", source)
     if settings.length is not None and (not isinstance(settings.length, int) or settings.length < 2):
         raise UsageError(f"figures.length in {source} must be an integer >= 2 or null, got {settings.length!r}")
     if not isinstance(settings.windows, int) or settings.windows < 1:
