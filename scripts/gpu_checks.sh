@@ -65,7 +65,7 @@ section() {
 }
 
 # (an array, not a shell function: `timeout` runs programs only)
-BENCH_CMD=("$PY" -m hf_posenc.commands.bench --no-progress "${DEVICE[@]}")
+BENCH_CMD=("$PY" -m hf_posenc.cli.bench --no-progress "${DEVICE[@]}")
 
 {
     date -u
@@ -81,7 +81,7 @@ section train_eager 150 40 "${BENCH_CMD[@]}" "${BENCH[@]}" ${PEAK[@]+"${PEAK[@]}
     --time-budget-s 100 --output "$OUT/train_eager.json" --summary "$OUT/train_eager_summary.json"
 
 # 2. Fast paths vs eager in bf16 (cheapest first; stops starting new checks after its budget).
-section agreement 100 30 "$PY" -m hf_posenc.benchmark_agreement "${AGREE[@]}" --encodings "$ENCODINGS_BIAS_FIRST" \
+section agreement 100 30 "$PY" -m hf_posenc.bench.agreement "${AGREE[@]}" --encodings "$ENCODINGS_BIAS_FIRST" \
     --flex-encodings alibi,t5_bias,nope --time-budget-s 65 --output "$OUT/agreement.json"
 
 # 3. torch.compile: rope vs hf:llama, both compiled and eager, in the same rounds.

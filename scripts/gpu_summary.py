@@ -16,7 +16,7 @@ SECTIONS = ("train_eager", "train_compiled", "decode", "scaling", "decode_static
 
 
 def main(out: Path) -> int:
-    from hf_posenc.benchmark_report import evaluate_targets, format_table, format_targets, plot_scaling
+    from hf_posenc.bench.report import evaluate_targets, format_table, format_targets, plot_scaling
 
     summary = {"sections": {}, "targets": [], "agreement": None}
     lines = []

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 import hf_posenc  # noqa: F401  (registers the Auto classes and remote code)
 from hf_posenc import PosEncConfig, PosEncForCausalLM
-from hf_posenc.data import describe_data  # the data description format of train_summary.json / eval.json
+from hf_posenc.data.corpus import describe_data  # the data description format of train_summary.json / eval.json
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 BLOCK_SIZE = 32

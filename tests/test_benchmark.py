@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from hf_posenc import cli
-from hf_posenc.benchmark import BenchOptions, run_benchmark
-from hf_posenc.benchmark_measure import PeakMemory
-from hf_posenc.benchmark_models import (
+from hf_posenc.bench.runner import BenchOptions, run_benchmark
+from hf_posenc.bench.measure import PeakMemory
+from hf_posenc.bench.models import (
     PRESETS,
     build_model,
     count_parameters,
@@ -18,7 +18,7 @@ from hf_posenc.benchmark_models import (
     model_names,
     train_flops_per_token,
 )
-from hf_posenc.benchmark_report import add_ratios, evaluate_targets, format_table, paired_ratio
+from hf_posenc.bench.report import add_ratios, evaluate_targets, format_table, paired_ratio
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -104,7 +104,7 @@ def options(**overrides):
 
 
 def test_a_failing_model_is_reported_and_the_rest_still_run(monkeypatch):
-    import hf_posenc.benchmark as benchmark
+    import hf_posenc.bench.runner as benchmark
 
     real_build = benchmark.build_model
 
@@ -121,7 +121,7 @@ def test_a_failing_model_is_reported_and_the_rest_still_run(monkeypatch):
 
 
 def test_scaling_stops_at_the_first_out_of_memory(monkeypatch):
-    import hf_posenc.benchmark_scaling as scaling
+    import hf_posenc.bench.scaling as scaling
 
     real_run = scaling.ScalingJob.run
 
@@ -215,8 +215,8 @@ def test_gpu_only_flags_are_refused_on_cpu(capsys):
 def test_benchmark_imports_nothing_the_gpu_machine_lacks():
     """The GPU machines have no datasets / evaluate / matplotlib: the benchmark must not import them to start."""
     code = (
-        "import sys, hf_posenc.commands.bench as b, hf_posenc.benchmark, hf_posenc.benchmark_report, "
-        "hf_posenc.benchmark_agreement; b.build_options; "
+        "import sys, hf_posenc.cli.bench as b, hf_posenc.bench.runner, hf_posenc.bench.report, "
+        "hf_posenc.bench.agreement; b.build_options; "
         "bad = [m for m in ('datasets', 'evaluate', 'matplotlib', 'optuna') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from hf_posenc.cli import main
-from hf_posenc.data import embedded_corpus_root
+from hf_posenc.data.corpus import embedded_corpus_root
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 

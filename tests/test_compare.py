@@ -10,7 +10,7 @@ import yaml
 from helpers_length_generalization import is_png, tiny_run_section, tiny_task_section, write_text_folder
 
 from hf_posenc.cli import main
-from hf_posenc.compare import EMBEDDED_DEFAULT_CONFIG, compare_config_from_dict, load_compare_config, run_compare
+from hf_posenc.study.compare import EMBEDDED_DEFAULT_CONFIG, compare_config_from_dict, load_compare_config, run_compare
 from hf_posenc.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[1]

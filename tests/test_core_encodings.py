@@ -7,7 +7,7 @@ import torch
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from hf_posenc.encodings_hf_posenc import (
+from hf_posenc.model.encodings_hf_posenc import (
     AlibiPositionEncoding,
     alibi_slopes,
     sinusoidal_table,

@@ -6,7 +6,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from hf_posenc import PositionEncoding, available_position_encodings, register_position_encoding
-from hf_posenc.encodings_hf_posenc import unregister_position_encoding
+from hf_posenc.model.encodings_hf_posenc import unregister_position_encoding
 from tests.conftest import random_tokens, tiny_config
 
 

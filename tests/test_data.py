@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hf_posenc.data import (
+from hf_posenc.data.corpus import (
     describe_data,
     embedded_corpus_files,
     embedded_corpus_root,
@@ -12,7 +12,7 @@ from hf_posenc.data import (
     tokenize_and_pack,
 )
 from hf_posenc.errors import UsageError
-from hf_posenc.tokenization import train_bpe_tokenizer
+from hf_posenc.data.tokenizer import train_bpe_tokenizer
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py", "keyword.py")
 

@@ -13,7 +13,7 @@ from helpers_model_dir import build_model_dir
 
 from hf_posenc.cli import main
 from hf_posenc.errors import UsageError
-from hf_posenc.evaluation import (
+from hf_posenc.evaluation.perplexity import (
     PERPLEXITY_METRIC_DIR,
     evaluate_model_dir,
     parse_lengths,

@@ -11,10 +11,10 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from transformers.utils import is_torch_flex_attn_available
 
-import hf_posenc.modeling_hf_posenc as modeling
+import hf_posenc.model.modeling_hf_posenc as modeling
 from hf_posenc import PositionEncoding, register_position_encoding, unregister_position_encoding
-from hf_posenc.benchmark_agreement import check_forward, run_agreement
-from hf_posenc.benchmark_models import encoding_has_score_bias, resolve_attn_implementation
+from hf_posenc.bench.agreement import check_forward, run_agreement
+from hf_posenc.bench.models import encoding_has_score_bias, resolve_attn_implementation
 from tests.conftest import ENCODINGS, random_tokens, tiny_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")

@@ -11,8 +11,8 @@ from helpers_length_generalization import is_png, write_text_folder
 from helpers_model_dir import build_model_dir
 
 from hf_posenc.cli import main
-from hf_posenc.encodings_hf_posenc import alibi_slopes
-from hf_posenc.figures import attention_by_distance, average_attention, distance_profile, draw_figures
+from hf_posenc.model.encodings_hf_posenc import alibi_slopes
+from hf_posenc.study.figures import attention_by_distance, average_attention, distance_profile, draw_figures
 
 
 def test_alibi_profile_is_minus_slope_times_distance():

@@ -12,7 +12,7 @@ from helpers_model_dir import build_model_dir
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
-from hf_posenc import hub
+from hf_posenc.hub import upload as hub
 from hf_posenc.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def forbid_work(monkeypatch):
 
 def test_packaged_template_is_the_model_cards_template():
     canonical = REPO_ROOT / "model_cards" / hub.CARD_TEMPLATE_NAME
-    packaged = REPO_ROOT / "src" / "hf_posenc" / "templates" / hub.CARD_TEMPLATE_NAME
+    packaged = REPO_ROOT / "src" / "hf_posenc" / "hub" / "templates" / hub.CARD_TEMPLATE_NAME
     assert packaged.read_bytes() == canonical.read_bytes(), (
         f"edit {canonical} and copy it to {packaged} (the package ships the copy)"
     )
@@ -223,7 +223,7 @@ def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
     ("data", "kind"),
     [(None, "embedded"), ("stdlib", "embedded"), ("./corpus", "local"), ("/data/a.txt", "local"),
      ("notes.jsonl", "local"), ("wikitext", "hub"), ("Salesforce/wikitext", "hub"), ("a/b/c", "unknown"),
-     # the descriptions hf_posenc.data.describe_data records in train_summary.json and eval.json
+     # the descriptions hf_posenc.data.corpus.describe_data records in train_summary.json and eval.json
      ("stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)", "embedded"),
      ("local: /home/me/corpus", "local"), ("hub: Salesforce/wikitext (wikitext-2-raw-v1)", "hub")],
 )

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_posenc.checkpointing import COMPLETE_MARKER, complete_checkpoints, latest_complete_checkpoint
+from hf_posenc.train.checkpoints import COMPLETE_MARKER, complete_checkpoints, latest_complete_checkpoint
 from hf_posenc.cli import main
-from hf_posenc.data import embedded_corpus_root
+from hf_posenc.data.corpus import embedded_corpus_root
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 
@@ -27,8 +27,8 @@ training: {{max_steps: 12, per_device_batch_size: 4, lr: 1.0e-2, warmup_steps: 2
 # Runs the real CLI; SIGKILLs itself (no cleanup of any kind, like kill -9) at a chosen point.
 DRIVER = """
 import os, signal, sys
-import hf_posenc.checkpointing as checkpointing
-import hf_posenc.training as training
+import hf_posenc.train.checkpoints as checkpointing
+import hf_posenc.train.engine as training
 from hf_posenc.cli import main
 
 during_save = int(os.environ.get("KILL_DURING_SAVE_AT", "0"))

@@ -9,7 +9,7 @@ import torch
 
 from hf_posenc import PosEncConfig, PosEncForCausalLM
 from hf_posenc.errors import UsageError
-from hf_posenc.run_config import ModelSection, RunConfig, load_run_config, parse_set_arguments
+from hf_posenc.train.run_config import ModelSection, RunConfig, load_run_config, parse_set_arguments
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

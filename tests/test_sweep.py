@@ -12,7 +12,7 @@ from helpers_length_generalization import is_png, tiny_run_section, write_text_f
 
 from hf_posenc.cli import main
 from hf_posenc.errors import UsageError
-from hf_posenc.sweep import grid_params, load_sweep_config, parse_space, read_trials, run_sweep, sweep_config_from_dict
+from hf_posenc.study.sweep import grid_params, load_sweep_config, parse_space, read_trials, run_sweep, sweep_config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_posenc.errors import UsageError
-from hf_posenc.tasks import (
+from hf_posenc.evaluation.tasks import (
     EOS,
     SYMBOL_IDS,
     VOCABULARY,

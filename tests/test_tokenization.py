@@ -3,10 +3,10 @@
 import pytest
 from transformers import AutoTokenizer
 
-import hf_posenc.tokenization as tokenization
-from hf_posenc.data import embedded_corpus_root
+import hf_posenc.data.tokenizer as tokenization
+from hf_posenc.data.corpus import embedded_corpus_root
 from hf_posenc.errors import UsageError
-from hf_posenc.tokenization import EOS_TOKEN, PAD_TOKEN, load_or_train_tokenizer
+from hf_posenc.data.tokenizer import EOS_TOKEN, PAD_TOKEN, load_or_train_tokenizer
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 

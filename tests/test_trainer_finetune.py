@@ -15,9 +15,9 @@ from transformers import (
 )
 
 import hf_posenc
-from hf_posenc.data import embedded_corpus_root, load_text_dataset, tokenize_and_pack
-from hf_posenc.run_config import RunConfig
-from hf_posenc.training import train
+from hf_posenc.data.corpus import embedded_corpus_root, load_text_dataset, tokenize_and_pack
+from hf_posenc.train.run_config import RunConfig
+from hf_posenc.train.engine import train
 
 PRETRAIN_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 FINETUNE_MODULES = ("colorsys.py", "keyword.py", "string.py", "numbers.py")  # text the model has not seen

@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import hf_posenc  # noqa: F401
-import hf_posenc.training as training
-from hf_posenc.checkpointing import complete_checkpoints
-from hf_posenc.data import embedded_corpus_root
+import hf_posenc.train.engine as training
+from hf_posenc.train.checkpoints import complete_checkpoints
+from hf_posenc.data.corpus import embedded_corpus_root
 from hf_posenc.errors import UsageError
-from hf_posenc.run_config import RunConfig, load_run_config
-from hf_posenc.training import StopTraining, TrainingDiverged, train
+from hf_posenc.train.run_config import RunConfig, load_run_config
+from hf_posenc.train.engine import StopTraining, TrainingDiverged, train
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py", "colorsys.py", "keyword.py")
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_posenc.cli import main
-from hf_posenc.data import embedded_corpus_root
+from hf_posenc.data.corpus import embedded_corpus_root
 
 SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 

@@ -7,23 +7,23 @@ hf_posenc is not installed.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from .configuration_hf_posenc import PosEncConfig
-from .conversion import config_from_llama, from_llama
-from .encodings_hf_posenc import (
+from .model.configuration_hf_posenc import PosEncConfig
+from .model.conversion import config_from_llama, from_llama
+from .model.encodings_hf_posenc import (
     POSITION_ENCODINGS,
     PositionEncoding,
     available_position_encodings,
     register_position_encoding,
     unregister_position_encoding,
 )
-from .modeling_hf_posenc import (
+from .model.modeling_hf_posenc import (
     PosEncForCausalLM,
     PosEncForSequenceClassification,
     PosEncModel,
     PosEncPreTrainedModel,
 )
 
-__version__ = "0.1.0"
+from .version import __version__
 
 AutoConfig.register(PosEncConfig.model_type, PosEncConfig, exist_ok=True)
 AutoModel.register(PosEncConfig, PosEncModel, exist_ok=True)

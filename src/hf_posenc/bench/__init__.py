@@ -1,0 +1,1 @@
+"""Speed and memory benchmark, and the fast-path agreement checks."""

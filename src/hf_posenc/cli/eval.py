@@ -1,0 +1,67 @@
+"""``hf-posenc eval``: perplexity of a trained model at several evaluation lengths (docs/length_generalization.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="perplexity at several evaluation lengths (length generalization), written to MODEL_DIR/eval.json",
+        description=(
+            "Score held-out text in windows of each evaluation length and report perplexity per length. "
+            "Lengths the position encoding cannot represent (learned beyond max_position_embeddings) are reported "
+            "as 'unsupported'. Writes MODEL_DIR/eval.json (or --output)."
+        ),
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by hf-posenc train")
+    parser.add_argument("--lengths", default="256,512,1024,2048", metavar="L1,L2,...",
+                        help="comma-separated evaluation lengths in tokens (default: 256,512,1024,2048)")
+    parser.add_argument("--data", metavar="PATH_OR_HUB_NAME",
+                        help="evaluation text: 'stdlib', a .txt/.jsonl file or folder, or a Hub dataset "
+                             "(default: the model's training data, from run_config.yaml)")
+    parser.add_argument("--data-config", metavar="NAME", help="Hub dataset configuration")
+    parser.add_argument("--text-field", metavar="FIELD", help="JSON / Hub column with the text (default: the run's)")
+    parser.add_argument("--split", default="validation", choices=["validation", "train"],
+                        help="which split of the data to score (default: validation)")
+    parser.add_argument("--stride", metavar="N",
+                        help="sliding windows that advance N tokens (each scored token sees >= L - N tokens of context); "
+                             "default: non-overlapping windows")
+    parser.add_argument("--rope-scaling", choices=["linear", "dynamic", "yarn"],
+                        help="RoPE scaling applied at evaluation time (rope models only), via transformers' RoPE utilities")
+    parser.add_argument("--rope-factor", type=float, metavar="F",
+                        help="RoPE scaling factor (>= 1; needs --rope-scaling; default: longest length / training length)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-tokens", metavar="N", help="score about N tokens per length (whole windows) to bound cost")
+    budget.add_argument("--max-windows", metavar="N", help="score at most N windows per length")
+    parser.add_argument("--batch-size", default="8", metavar="N", help="windows per forward pass (default: 8)")
+    parser.add_argument("--output", metavar="FILE.json", help="where to write the results (default: MODEL_DIR/eval.json)")
+    parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.perplexity import evaluate_model_dir, format_eval_table, parse_positive_int
+
+    evaluation = evaluate_model_dir(
+        args.model_dir,
+        args.lengths,
+        data=args.data,
+        data_config=args.data_config,
+        text_field=args.text_field,
+        split=args.split,
+        stride=args.stride,
+        rope_scaling=args.rope_scaling,
+        rope_factor=args.rope_factor,
+        max_tokens=args.max_tokens,
+        max_windows=args.max_windows,
+        batch_size=parse_positive_int("--batch-size", args.batch_size),
+        output=args.output,
+        device=args.device,
+        show_progress=not args.no_progress,
+    )
+    print(format_eval_table(evaluation))
+    print(f"\nwritten: {args.output or f'{args.model_dir}/eval.json'}")
+    return 0

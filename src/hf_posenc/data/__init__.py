@@ -1,0 +1,1 @@
+"""Text corpora through ``datasets`` (the embedded standard library, local files, the Hub) and the BPE tokenizer."""

@@ -1,0 +1,1 @@
+"""Evaluation of trained models: perplexity by length, synthetic length-generalization tasks."""

@@ -1,0 +1,428 @@
+"""Synthetic length-generalization tasks: train on short instances, test exact-match accuracy on longer ones.
+
+Three algorithmic tasks over decimal digits, generated in code (no data files):
+
+* ``copy``:     ``<s> [copy] 3 1 4 =`` -> ``3 1 4 </s>``
+* ``reverse``:  ``<s> [reverse] 3 1 4 =`` -> ``4 1 3 </s>``
+* ``addition``: ``<s> [addition] 3 1 4 + 2 7 9 =`` -> ``5 8 3 1 </s>``; numbers are written least-significant
+  digit first (413 + 972 = 1385 above), the order in which a left-to-right model can carry, as in the
+  length-generalization literature. The answer always has ``length + 1`` digits (the last may be 0).
+
+The *length* of an instance is its number of input digits (per operand for addition). One small decoder is
+trained per position encoding on a mixture of the tasks with lengths in ``[train_min_length, train_max_length]``,
+the loss on the answer tokens only; it is then tested at every ``test_lengths`` entry with greedy decoding
+(``generate``, with the KV cache). An answer counts only if it is exactly right: every digit, then ``</s>``.
+
+Vocabulary: a word-level ``tokenizers`` tokenizer over the digits, ``+``, ``=``, one token per task and the
+special tokens; it is saved with the model so the task model folder loads with ``AutoTokenizer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+DIGITS = tuple(str(d) for d in range(10))
+PLUS, SEP = "+", "="
+TASK_NAMES = ("copy", "reverse", "addition")
+VOCABULARY = (PAD, BOS, EOS, UNK, *DIGITS, PLUS, SEP, *(f"[{name}]" for name in TASK_NAMES))
+IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt and padding)
+
+TASK_SUMMARY_FILE = "task_summary.json"
+TASK_METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+
+
+# ---- the tasks: inputs and their exact targets ----------------------------------------------------------
+def copy_target(digits: Sequence[str]) -> list[str]:
+    return list(digits)
+
+
+def reverse_target(digits: Sequence[str]) -> list[str]:
+    return list(reversed(digits))
+
+
+def addition_target(a_digits: Sequence[str], b_digits: Sequence[str]) -> list[str]:
+    """Sum of two equal-length numbers written least-significant digit first; ``len + 1`` digits, LSD first."""
+    if len(a_digits) != len(b_digits):
+        raise ValueError(f"addition operands must have the same length, got {len(a_digits)} and {len(b_digits)}")
+    out, carry = [], 0
+    for a, b in zip(a_digits, b_digits):
+        total = int(a) + int(b) + carry
+        out.append(str(total % 10))
+        carry = total // 10
+    out.append(str(carry))
+    return out
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    task: str
+    length: int
+    prompt: tuple[str, ...]  # <s> [task] inputs =
+    answer: tuple[str, ...]  # the target symbols, without </s>
+
+
+def make_example(task: str, length: int, rng: random.Random) -> TaskExample:
+    """One random instance of ``task`` with ``length`` input digits (per operand for addition)."""
+    if task not in TASK_NAMES:
+        raise UsageError(f"unknown task {task!r}; choose from {list(TASK_NAMES)}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise UsageError(f"task length must be an integer >= 1, got {length!r}")
+    digits = [rng.choice(DIGITS) for _ in range(length)]
+    if task == "addition":
+        other = [rng.choice(DIGITS) for _ in range(length)]
+        inputs, answer = [*digits, PLUS, *other], addition_target(digits, other)
+    else:
+        inputs, answer = digits, (copy_target if task == "copy" else reverse_target)(digits)
+    return TaskExample(task, length, (BOS, f"[{task}]", *inputs, SEP), tuple(answer))
+
+
+def sequence_length(task: str, length: int) -> int:
+    """Tokens of a full instance (prompt, answer and </s>): the positions a model must represent."""
+    prompt = 3 + (2 * length + 1 if task == "addition" else length)  # <s> [task] ... =
+    answer = length + 1 if task == "addition" else length
+    return prompt + answer + 1
+
+
+def exact_match_accuracy(predictions: Sequence[Sequence], targets: Sequence[Sequence]) -> float:
+    """Share of predictions equal to their target, element for element (no partial credit)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"got {len(predictions)} predictions for {len(targets)} targets")
+    if not targets:
+        raise ValueError("exact_match_accuracy needs at least one example")
+    return sum(list(p) == list(t) for p, t in zip(predictions, targets)) / len(targets)
+
+
+# ---- settings -------------------------------------------------------------------------------------------
+@dataclass
+class TaskSettings:
+    """What to train and test. The defaults are the CPU-sized study of ``configs/compare-tiny.yaml``."""
+
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
+    train_min_length: int = 1
+    train_max_length: int = 8
+    test_lengths: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 24])
+    num_test_examples: int = 100
+    # the model (a PosEncConfig; the encoding is set per run)
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    attn_implementation: str = "sdpa"
+    # training
+    max_steps: int = 400
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 50
+    seed: int = 0
+    eval_batch_size: int = 100
+
+    @classmethod
+    def from_dict(cls, raw: dict | None, source: str = "tasks") -> TaskSettings:
+        raw = dict(raw or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {sorted(known)}")
+        settings = cls(**raw)
+        settings.validate(source)
+        return settings
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def validate(self, source: str = "tasks") -> None:
+        if not isinstance(self.tasks, list) or not self.tasks:
+            raise UsageError(f"{source}.tasks must be a non-empty list of {list(TASK_NAMES)}, got {self.tasks!r}")
+        for task in self.tasks:
+            if task not in TASK_NAMES:
+                raise UsageError(f"{source}.tasks: unknown task {task!r}; choose from {list(TASK_NAMES)}")
+        ints = ("train_min_length", "train_max_length", "num_test_examples", "hidden_size", "intermediate_size",
+                "num_hidden_layers", "num_attention_heads", "max_steps", "batch_size", "logging_steps", "eval_batch_size")
+        for name in ints:
+            _check_int(f"{source}.{name}", getattr(self, name), 1)
+        _check_int(f"{source}.warmup_steps", self.warmup_steps, 0)
+        _check_int(f"{source}.seed", self.seed, 0)
+        if self.num_key_value_heads is not None:
+            _check_int(f"{source}.num_key_value_heads", self.num_key_value_heads, 1)
+        if self.train_min_length > self.train_max_length:
+            raise UsageError(
+                f"{source}.train_min_length ({self.train_min_length}) must be <= train_max_length ({self.train_max_length})"
+            )
+        if not isinstance(self.test_lengths, list) or not self.test_lengths:
+            raise UsageError(f"{source}.test_lengths must be a non-empty list of integers >= 1, got {self.test_lengths!r}")
+        for length in self.test_lengths:
+            _check_int(f"{source}.test_lengths", length, 1)
+        for name in ("lr",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"{source}.{name} must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UsageError(f"{source}.{name} must be a number >= 0, got {value!r}")
+        if self.attn_implementation not in ("eager", "sdpa", "flex_attention"):
+            raise UsageError(f"{source}.attn_implementation must be eager, sdpa or flex_attention, got {self.attn_implementation!r}")
+
+    @property
+    def max_sequence_length(self) -> int:
+        """The longest instance trained or tested: the model's max_position_embeddings (learned needs it)."""
+        lengths = [*self.test_lengths, self.train_max_length]
+        return max(sequence_length(task, length) for task in self.tasks for length in lengths)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# ---- tokenizer and model --------------------------------------------------------------------------------
+def build_task_tokenizer():
+    """A word-level fast tokenizer over ``VOCABULARY``: symbols are separated by spaces in text form."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({symbol: i for i, symbol in enumerate(VOCABULARY)}, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins symbols with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
+
+
+SYMBOL_IDS = {symbol: i for i, symbol in enumerate(VOCABULARY)}
+
+
+def encode(symbols: Sequence[str]) -> list[int]:
+    return [SYMBOL_IDS[s] for s in symbols]
+
+
+def build_task_model(position_encoding: str, settings: TaskSettings):
+    """A freshly initialized small ``PosEncForCausalLM`` for the tasks (seed first for reproducibility)."""
+    from ..model.configuration_hf_posenc import PosEncConfig
+    from ..model.modeling_hf_posenc import PosEncForCausalLM
+
+    try:
+        config = PosEncConfig(
+            vocab_size=len(VOCABULARY),
+            hidden_size=settings.hidden_size,
+            intermediate_size=settings.intermediate_size,
+            num_hidden_layers=settings.num_hidden_layers,
+            num_attention_heads=settings.num_attention_heads,
+            num_key_value_heads=settings.num_key_value_heads,
+            max_position_embeddings=settings.max_sequence_length,
+            position_encoding=position_encoding,
+            pad_token_id=SYMBOL_IDS[PAD],
+            bos_token_id=SYMBOL_IDS[BOS],
+            eos_token_id=SYMBOL_IDS[EOS],
+        )
+    except ValueError as error:
+        raise UsageError(f"invalid task model: {error}") from error
+    model = PosEncForCausalLM(config)
+    model.set_attn_implementation(settings.attn_implementation)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(config, name))
+    return model
+
+
+# ---- training -------------------------------------------------------------------------------------------
+def training_batch(settings: TaskSettings, rng: random.Random) -> dict[str, torch.Tensor]:
+    """A right-padded batch of random training instances; labels are the answer tokens and </s> only."""
+    rows, labels = [], []
+    for _ in range(settings.batch_size):
+        task = rng.choice(settings.tasks)
+        example = make_example(task, rng.randint(settings.train_min_length, settings.train_max_length), rng)
+        prompt, answer = encode(example.prompt), encode((*example.answer, EOS))
+        rows.append(prompt + answer)
+        labels.append([IGNORE_INDEX] * len(prompt) + answer)
+    width = max(map(len, rows))
+    pad = SYMBOL_IDS[PAD]
+    input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in rows])  # (batch, width)
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    label_ids = torch.tensor([row + [IGNORE_INDEX] * (width - len(row)) for row in labels])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
+
+
+def train_task_model(position_encoding: str, settings: TaskSettings, *, device=None, show_progress: bool = True,
+                     metrics_path: Path | None = None):
+    """Train one task model; returns ``(model, summary)``. A plain loop: the data is generated per step."""
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    model = build_task_model(position_encoding, settings).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
+    rng = random.Random(settings.seed)  # the same instances for every encoding
+    rows, interval, last_loss = [], [], None
+    start = time.perf_counter()
+    model.train()
+    progress = tqdm(range(1, settings.max_steps + 1), desc=f"tasks {position_encoding}", unit="step", disable=not show_progress)
+    for step in progress:
+        batch = {k: v.to(device) for k, v in training_batch(settings, rng).items()}
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        if settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        interval.append(loss.item())
+        if step % settings.logging_steps == 0 or step == settings.max_steps:
+            last_loss = sum(interval) / len(interval)
+            rows.append({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]})
+            progress.set_postfix(loss=f"{last_loss:.3f}")
+            interval = []
+    progress.close()
+    model.eval()
+    if not math.isfinite(last_loss):
+        raise RuntimeError(f"task training diverged for position_encoding={position_encoding!r} (loss {last_loss}); lower tasks.lr")
+    if metrics_path is not None:
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = {
+        "position_encoding": position_encoding,
+        "max_steps": settings.max_steps,
+        "final_loss": last_loss,
+        "train_runtime_s": time.perf_counter() - start,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "train_lengths": [settings.train_min_length, settings.train_max_length],
+        "settings": settings.to_dict(),
+    }
+    return model, summary
+
+
+# ---- testing --------------------------------------------------------------------------------------------
+def make_test_set(task: str, length: int, settings: TaskSettings) -> list[TaskExample]:
+    """The fixed test set of one (task, length): seeded apart from training and from other cells."""
+    rng = random.Random(f"test|{settings.seed}|{task}|{length}")
+    return [make_example(task, length, rng) for _ in range(settings.num_test_examples)]
+
+
+def answer_before_eos(generated: Sequence[int]) -> list[int]:
+    """The generated ids up to (not including) the first </s>."""
+    eos = SYMBOL_IDS[EOS]
+    ids = list(generated)
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+@torch.no_grad()
+def greedy_answers(model, examples: Sequence[TaskExample], batch_size: int) -> list[list[int]]:
+    """Greedy decoding with the KV cache (``generate``), ``len(answer) + 1`` new tokens, cut at </s>.
+
+    All examples of one (task, length) have prompts of the same length, so batches need no padding.
+    """
+    answers = []
+    device = next(model.parameters()).device
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        prompts = torch.tensor([encode(e.prompt) for e in chunk], device=device)  # (b, prompt_len)
+        new_tokens = max(len(e.answer) for e in chunk) + 1  # the answer, then </s>
+        output = model.generate(
+            input_ids=prompts,
+            attention_mask=torch.ones_like(prompts),
+            max_new_tokens=new_tokens,
+            min_new_tokens=0,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=SYMBOL_IDS[PAD],
+            eos_token_id=SYMBOL_IDS[EOS],
+        )
+        answers += [answer_before_eos(row) for row in output[:, prompts.shape[1] :].tolist()]
+    return answers
+
+
+def evaluate_tasks(model, settings: TaskSettings, show_progress: bool = True, label: str = "") -> list[dict]:
+    """Exact-match accuracy for every task and test length: ``[{"task", "length", "accuracy", "num_examples"}]``."""
+    from tqdm.auto import tqdm
+
+    cells = [(task, length) for task in settings.tasks for length in settings.test_lengths]
+    results = []
+    model.eval()
+    for task, length in tqdm(cells, desc=f"test tasks {label}".strip(), unit="cell", disable=not show_progress):
+        examples = make_test_set(task, length, settings)
+        predictions = greedy_answers(model, examples, settings.eval_batch_size)
+        accuracy = exact_match_accuracy(predictions, [encode(e.answer) for e in examples])
+        results.append({
+            "task": task,
+            "length": length,
+            "accuracy": accuracy,
+            "num_examples": len(examples),
+            "in_distribution": settings.train_min_length <= length <= settings.train_max_length,
+        })
+    return results
+
+
+# ---- one encoding, end to end (used by compare) ---------------------------------------------------------
+def task_dir_is_complete(path: Path, position_encoding: str, settings: TaskSettings) -> bool:
+    """True when ``path`` holds a finished task study of this encoding with these very settings."""
+    summary, evaluation = path / TASK_SUMMARY_FILE, path / EVAL_FILE
+    if not (summary.is_file() and evaluation.is_file()):
+        return False
+    saved = json.loads(summary.read_text())
+    return saved.get("position_encoding") == position_encoding and saved.get("settings") == settings.to_dict()
+
+
+def run_task_study(position_encoding: str, settings: TaskSettings, output_dir: str | Path, *, overwrite: bool = False,
+                   show_progress: bool = True) -> list[dict]:
+    """Train and test one task model, saved to ``output_dir`` with an eval.json holding its task accuracies.
+
+    Reuses a finished folder with the same settings unless ``overwrite``.
+    """
+    output_dir = Path(output_dir)
+    if not overwrite and task_dir_is_complete(output_dir, position_encoding, settings):
+        return json.loads((output_dir / EVAL_FILE).read_text())["tasks"]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / TASK_SUMMARY_FILE).unlink(missing_ok=True)  # incomplete until the end
+    model, summary = train_task_model(position_encoding, settings, show_progress=show_progress,
+                                      metrics_path=output_dir / TASK_METRICS_FILE)
+    start = time.perf_counter()
+    results = evaluate_tasks(model, settings, show_progress=show_progress, label=position_encoding)
+    summary["eval_runtime_s"] = time.perf_counter() - start
+    model.save_pretrained(str(output_dir))
+    build_task_tokenizer().save_pretrained(str(output_dir))
+    evaluation = {
+        "model_dir": str(output_dir),
+        "position_encoding": position_encoding,
+        "train_length": settings.train_max_length,
+        "data": f"synthetic tasks {settings.tasks}, lengths {settings.train_min_length}..{settings.train_max_length}",
+        "stride": None,
+        "rope_scaling": None,
+        "results": [],
+        "tasks": results,
+    }
+    (output_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    (output_dir / TASK_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return results
+
+
+__all__ = [
+    "TASK_NAMES",
+    "TaskSettings",
+    "TaskExample",
+    "make_example",
+    "copy_target",
+    "reverse_target",
+    "addition_target",
+    "exact_match_accuracy",
+    "build_task_tokenizer",
+    "build_task_model",
+    "train_task_model",
+    "evaluate_tasks",
+    "run_task_study",
+]

@@ -1,0 +1,1 @@
+"""Studies across encodings: compare, sweep, result plots and explanatory figures."""

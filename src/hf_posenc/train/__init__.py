@@ -1,0 +1,1 @@
+"""The training engine, its checkpoints and the typed run configs."""

@@ -1,0 +1,542 @@
+"""Causal-LM pretraining on Accelerate: one CPU to many GPUs, resumable, with the same code path.
+
+``train(run_config, output_dir, resume=False)`` is a plain function (the ``train`` and ``compare``
+commands call it). It prepares the tokenizer and packed data, builds a seeded ``PosEncForCausalLM``,
+and runs AdamW with linear warmup and cosine decay, gradient accumulation, clipping, mixed precision
+(bf16 on GPU), periodic validation, a progress bar, ``metrics.jsonl`` rows and Accelerate trackers.
+The output folder follows the model-directory contract (see docs/training.md).
+
+Determinism: data order is a seeded permutation per epoch, cut into *global* batches that every
+process slices by rank, so a run with N processes sees exactly the rows of a 1-process run with the
+same global batch, and the data position after a resume is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from .checkpoints import (
+    TRAINER_STATE_FILE,
+    latest_complete_checkpoint,
+    load_checkpoint,
+    remove_staging_leftovers,
+    save_checkpoint,
+)
+from ..errors import UsageError
+from .run_config import RunConfig
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "train_summary.json"
+RUN_CONFIG_FILE = "run_config.yaml"
+# Files that mark a folder as holding a run (refused without --resume / overwrite).
+RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, "checkpoints", "model.safetensors", "logs")
+# Sections / fields that must not change when a run is resumed (they fix the model and the data order).
+RESUME_FIXED_SECTIONS = ("model", "data", "tokenizer")
+RESUME_FIXED_TRAINING = ("seed", "gradient_accumulation_steps")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN or infinite; the run stopped, earlier checkpoints are kept."""
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end the run early (the model is still saved, marked ``stopped_early``)."""
+
+
+# ---- data --------------------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    tokenizer: object
+    train_blocks: object  # datasets.Dataset with "input_ids" rows of block_size tokens, torch format
+    eval_blocks: object
+    description: str
+
+
+def prepare_data(run_config: RunConfig, show_progress: bool = True) -> PreparedData:
+    """Tokenizer (trained once and cached, or loaded) and packed train/validation blocks."""
+    if importlib.util.find_spec("datasets") is None:
+        raise UsageError("training reads its data through the `datasets` package; install it: pip install datasets")
+    from ..data.corpus import describe_data, load_text_dataset, tokenize_and_pack
+    from ..data.tokenizer import load_or_train_tokenizer
+
+    d, k = run_config.data, run_config.tokenizer
+    description = describe_data(d.name, d.config)  # also fails early on a missing local path
+    tokenizer = load_or_train_tokenizer(
+        d.name,
+        vocab_size=k.vocab_size,
+        data_config=d.config,
+        text_field=d.text_field,
+        path=k.path,
+        cache_dir=k.cache_dir,
+        max_train_chars=k.max_train_chars,
+        show_progress=show_progress,
+    )
+    blocks = {}
+    for split in ("train", "validation"):
+        texts = load_text_dataset(d.name, split, data_config=d.config, text_field=d.text_field)
+        blocks[split] = tokenize_and_pack(texts, tokenizer, d.block_size).with_format("torch", columns=["input_ids"])
+    return PreparedData(tokenizer, blocks["train"], blocks["validation"], description)
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """This process's slice of each global batch, forever, starting at micro-batch ``start``.
+
+    Epoch e uses ``randperm(num_rows, seed + e)``; micro-batch k of an epoch is rows
+    ``perm[k*G:(k+1)*G]`` with ``G = per_device * num_processes``, and process r takes the r-th slice.
+    """
+
+    def __init__(self, num_rows: int, per_device: int, num_processes: int, rank: int, seed: int, start: int = 0):
+        self.per_device, self.rank, self.seed, self.start = per_device, rank, seed, start
+        self.global_batch = per_device * num_processes
+        self.num_rows = num_rows
+        self.batches_per_epoch = num_rows // self.global_batch  # the tail of each epoch is dropped
+
+    def __iter__(self) -> Iterator[list[int]]:
+        position = self.start
+        while True:
+            epoch, index = divmod(position, self.batches_per_epoch)
+            order = torch.randperm(self.num_rows, generator=torch.Generator().manual_seed(self.seed + epoch))
+            begin = index * self.global_batch + self.rank * self.per_device
+            yield order[begin : begin + self.per_device].tolist()
+            position += 1
+
+
+def _collate(rows):
+    """``Dataset.__getitems__`` gives a list of {"input_ids": tensor}; stack to (batch, block_size)."""
+    return torch.stack([row["input_ids"] for row in rows])
+
+
+def make_train_loader(blocks, config: RunConfig, accelerator, start_micro_batch: int) -> torch.utils.data.DataLoader:
+    t = config.training
+    sampler = GlobalBatchSampler(
+        len(blocks), t.per_device_batch_size, accelerator.num_processes, accelerator.process_index, t.seed, start_micro_batch
+    )
+    return torch.utils.data.DataLoader(
+        blocks,
+        batch_sampler=sampler,
+        collate_fn=_collate,
+        num_workers=t.dataloader_num_workers,
+        pin_memory=accelerator.device.type == "cuda",
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batches: int | None) -> float:
+    """Mean next-token loss over the first validation rows (the same rows for any number of processes)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    rows = len(blocks) if max_global_batches is None else min(len(blocks), max_global_batches * per_device * world)
+    rows -= rows % world  # every process runs the same number of forwards (collectives stay in step)
+    mine = list(range(rank, rows, world))
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(mine), per_device):
+        input_ids = blocks[mine[start : start + per_device]]["input_ids"].to(accelerator.device)  # (b, block)
+        loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        predicted = input_ids.numel() - input_ids.shape[0]  # each row predicts block_size - 1 tokens
+        total += loss.double() * predicted
+        count += predicted
+    model.train(was_training)
+    total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    return (total / count).item()
+
+
+# ---- model and optimizer -----------------------------------------------------------------------------------
+def build_model(run_config: RunConfig, tokenizer):
+    """A freshly initialized ``PosEncForCausalLM`` (seed it first) sized to the tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    import hf_posenc  # noqa: F401  (registers the Auto classes)
+
+    vocab = len(tokenizer)
+    if run_config.model.vocab_size is not None and run_config.model.vocab_size < vocab:
+        raise UsageError(f"model.vocab_size={run_config.model.vocab_size} is smaller than the tokenizer's {vocab} tokens")
+    config = run_config.model_config(
+        vocab_size=vocab,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=run_config.model.attn_implementation)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    return model
+
+
+def build_optimizer(model, t) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norms or embedding tables)."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+
+
+# ---- small helpers -----------------------------------------------------------------------------------------
+def resolve_mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def resolve_trackers(report_to: str) -> list[str]:
+    if report_to == "none":
+        return []
+    if report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    return [name.strip() for name in report_to.split(",") if name.strip()]
+
+
+def default_output_dir(run_config: RunConfig) -> Path:
+    return Path("runs") / f"{run_config.run_name or 'run'}-{run_config.model.position_encoding}"
+
+
+def _flat_hparams(config: dict, prefix: str = "") -> dict:
+    """TensorBoard hparams take scalars only: flatten sections, stringify the rest."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key in ("model", "data", "tokenizer", "training"):
+            flat.update(_flat_hparams(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line, appended in step order (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows newer than ``step`` (written after the checkpoint a resumed run restarts from)."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def _previous_run_artifacts(output_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """What an earlier run left in ``output_dir``: refused unless resuming; with overwrite, to be deleted."""
+    existing = [output_dir / name for name in RUN_ARTIFACTS if (output_dir / name).exists()]
+    if existing and not resume and not overwrite:
+        raise UsageError(
+            f"output directory {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
+            "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
+        )
+    return [] if resume else existing
+
+
+def _check_resume_compatible(saved_path: Path, current: RunConfig) -> None:
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    now = current.to_dict()
+    for section in RESUME_FIXED_SECTIONS:
+        if saved.get(section) != now[section]:
+            changed = sorted(k for k in now[section] if (saved.get(section) or {}).get(k) != now[section][k])
+            raise UsageError(
+                f"cannot resume: {', '.join(f'{section}.{k}' for k in changed)} differ(s) from the run in "
+                f"{str(saved_path.parent)!r}; resume with the same config, or start a new --output-dir"
+            )
+    for key in RESUME_FIXED_TRAINING:
+        if saved.get("training", {}).get(key) != now["training"][key]:
+            raise UsageError(f"cannot resume: training.{key} differs from the run in {str(saved_path.parent)!r}")
+
+
+def _reset_accelerate_singletons() -> None:
+    """Let the next ``train()`` in this process build a fresh Accelerator (compare runs several)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+def train(
+    run_config: RunConfig,
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    callbacks: Sequence[Callable[[dict], None]] = (),
+) -> dict:
+    """Train a causal LM as ``run_config`` says and write a ``from_pretrained``-ready folder.
+
+    Args:
+        run_config: a validated ``RunConfig`` (``load_run_config``).
+        output_dir: the model folder; default ``run_config.output_dir`` or ``runs/<run_name>-<encoding>``.
+        resume: continue from the latest complete checkpoint in ``output_dir`` (from step 0 if there is none).
+        overwrite: replace a previous run in ``output_dir`` instead of refusing.
+        show_progress: tqdm progress bars (main process only).
+        callbacks: functions called with every metrics row (training rows and ``eval_loss`` rows), on every
+            process; raising ``StopTraining`` ends the run early.
+
+    Returns the ``train_summary.json`` content. Raises ``UsageError`` for bad input (before training) and
+    ``TrainingDiverged`` when the loss becomes NaN/inf (the last good checkpoint is kept).
+    """
+    from accelerate import Accelerator
+
+    run_config = copy.deepcopy(run_config)
+    run_config.validate()
+    output_dir = Path(output_dir or run_config.output_dir or default_output_dir(run_config))
+    to_delete = _previous_run_artifacts(output_dir, resume, overwrite)  # deleted once the input is known to be good
+    t = run_config.training
+    trackers = resolve_trackers(t.report_to)
+    has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    try:
+        accelerator = Accelerator(
+            cpu=not has_accelerator,  # makes torchrun on CPU use gloo (MULTI_CPU) instead of N lone processes
+            mixed_precision=resolve_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_dir=str(output_dir / "logs"),
+            dynamo_backend="inductor" if t.torch_compile else "no",
+        )
+    except (ValueError, ImportError) as error:  # e.g. fp16 without a GPU, an unknown or missing tracker
+        _reset_accelerate_singletons()
+        raise UsageError(f"cannot set up Accelerate with training.mixed_precision={t.mixed_precision!r}, "
+                         f"training.report_to={t.report_to!r}: {error}") from error
+    threads_before = torch.get_num_threads()
+    if t.cpu_threads is not None and accelerator.device.type == "cpu":
+        torch.set_num_threads(t.cpu_threads)
+    try:
+        return _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers)
+    finally:
+        torch.set_num_threads(threads_before)
+        if trackers:
+            accelerator.end_training()
+        _reset_accelerate_singletons()
+
+
+def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers) -> dict:
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    t = run_config.training
+    main = accelerator.is_main_process
+    show = show_progress and main
+    with accelerator.main_process_first():  # the main process fills the caches, the others read them
+        data = prepare_data(run_config, show_progress=show)
+    global_batch = t.per_device_batch_size * accelerator.num_processes
+    block = run_config.data.block_size
+    if len(data.train_blocks) < global_batch:
+        raise UsageError(
+            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
+            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
+        )
+    if len(data.eval_blocks) < accelerator.num_processes:
+        raise UsageError(
+            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
+            f"tokens, fewer than the {accelerator.num_processes} process(es); use more data or a smaller block_size"
+        )
+    run_config.model.vocab_size = run_config.model.vocab_size or len(data.tokenizer)
+    run_config.output_dir = str(output_dir)
+
+    checkpoint = latest_complete_checkpoint(output_dir) if resume else None
+    saved_config = output_dir / RUN_CONFIG_FILE
+    if checkpoint is not None and saved_config.exists():
+        _check_resume_compatible(saved_config, run_config)
+    if main:
+        for path in to_delete:  # --overwrite: the earlier run goes only now that the input has been checked
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        saved_config.write_text(run_config.to_yaml())
+    accelerator.wait_for_everyone()
+
+    set_seed(t.seed)  # identical initial weights on every process and in every run with this seed
+    model = build_model(run_config, data.tokenizer)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = build_optimizer(model, t)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
+
+    state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
+    metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
+    if checkpoint is not None:
+        saved_batch = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())["global_batch_size"]
+        if saved_batch != state["global_batch_size"]:  # the data position is counted in global batches
+            raise UsageError(
+                f"cannot resume: the global batch ({global_batch} x {t.gradient_accumulation_steps} accumulation) differs "
+                f"from the checkpoint's {saved_batch} rows per step"
+            )
+        state.update(load_checkpoint(accelerator, checkpoint))
+        _say(main, f"Resuming from {checkpoint} (step {state['step']})")
+    elif resume:
+        _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
+    if main:
+        if checkpoint is not None:
+            metrics.truncate_after(state["step"])  # rows written after the checkpoint will be written again
+        else:
+            metrics.path.unlink(missing_ok=True)
+        remove_staging_leftovers(output_dir)
+    if trackers:
+        accelerator.init_trackers(run_config.run_name or "hf_posenc", config=_flat_hparams(run_config.to_dict()))
+
+    loader = make_train_loader(data.train_blocks, run_config, accelerator, state["step"] * t.gradient_accumulation_steps)
+    batches_per_epoch = loader.batch_sampler.batches_per_epoch
+    summary = _run_loop(
+        accelerator, model, optimizer, scheduler, iter(loader), data, run_config, output_dir, state, metrics,
+        callbacks, show, batches_per_epoch,
+    )
+    _export(accelerator, model, data, run_config, output_dir, summary)
+    return summary
+
+
+def _say(main: bool, message: str) -> None:
+    if main:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_config, output_dir, state, metrics,
+              callbacks, show, batches_per_epoch) -> dict:
+    from tqdm.auto import tqdm
+
+    t = run_config.training
+    device = accelerator.device
+    tokens_per_step = t.per_device_batch_size * accelerator.num_processes * t.gradient_accumulation_steps * run_config.data.block_size
+    max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf  # inf: measure the norm, never clip
+    interval_loss = torch.zeros((), device=device)
+    interval_steps = 0
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    last_good_checkpoint = latest_complete_checkpoint(output_dir)
+    last_loss, last_eval_loss, stopped_early = state.get("final_loss"), state.get("final_eval_loss"), False
+    progress = tqdm(total=t.max_steps, initial=state["step"], disable=not show, desc=f"train {run_config.model.position_encoding}", unit="step")
+    interval_start = session_start = time.perf_counter()
+    runtime_before = state["train_runtime_s"]
+    grad_norm = torch.zeros((), device=device)
+
+    def emit(row: dict) -> None:
+        metrics.write(row)
+        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        for callback in callbacks:
+            callback(row)
+
+    def check_finite() -> None:
+        bad = int(accelerator.gather(first_bad_step[None]).max().item())  # any process, any step
+        if bad >= 0:
+            kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was saved"
+            raise TrainingDiverged(
+                f"the training loss or gradient norm became NaN/inf at step {bad} "
+                f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
+                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then --resume or a new run."
+            )
+
+    model.train()
+    try:
+        while state["step"] < t.max_steps:
+            step_loss = torch.zeros((), device=device)
+            for _ in range(t.gradient_accumulation_steps):
+                input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
+                with accelerator.accumulate(model):
+                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=device)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach().float() / t.gradient_accumulation_steps
+            if not optimizer.step_was_skipped:  # fp16 overflow steps do not advance the schedule
+                scheduler.step()
+            state["step"] += 1
+            state["tokens_seen"] += tokens_per_step
+            step = state["step"]
+            finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
+            first_bad_step = torch.where((first_bad_step < 0) & ~finite, torch.full_like(first_bad_step, step), first_bad_step)
+            interval_loss += step_loss
+            interval_steps += 1
+            progress.update(1)
+
+            if step % t.logging_steps == 0 or step == t.max_steps:
+                check_finite()
+                loss_value = (accelerator.reduce(interval_loss, "mean") / interval_steps).item()
+                elapsed = time.perf_counter() - interval_start
+                row = {
+                    "step": step,
+                    "loss": loss_value,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens_per_s": interval_steps * tokens_per_step / max(elapsed, 1e-9),
+                    "tokens_seen": state["tokens_seen"],
+                    "epoch": step * t.gradient_accumulation_steps / batches_per_epoch,
+                    "elapsed_s": runtime_before + time.perf_counter() - session_start,
+                }
+                progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                last_loss = loss_value
+                interval_loss.zero_()
+                interval_steps = 0
+                emit(row)
+                interval_start = time.perf_counter()
+            if (t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps:
+                last_eval_loss = evaluate_loss(model, data.eval_blocks, accelerator, t.per_device_batch_size, t.eval_max_batches)
+                emit({"step": step, "eval_loss": last_eval_loss})
+                interval_start = time.perf_counter()
+            if t.save_steps and (step % t.save_steps == 0 or step == t.max_steps):
+                check_finite()  # never write a checkpoint after a NaN/inf
+                state["train_runtime_s"] = runtime_before + time.perf_counter() - session_start
+                state.update(final_loss=last_loss, final_eval_loss=last_eval_loss)
+                last_good_checkpoint = save_checkpoint(accelerator, output_dir, step, dict(state), t.save_total_limit)
+                interval_start = time.perf_counter()
+    except StopTraining:
+        stopped_early = True
+    finally:
+        progress.close()
+    check_finite()
+    state["train_runtime_s"] = runtime_before + time.perf_counter() - session_start
+    return {
+        "position_encoding": run_config.model.position_encoding,
+        "block_size": run_config.data.block_size,
+        "max_steps": t.max_steps,
+        "steps_completed": state["step"],
+        "stopped_early": stopped_early,
+        "tokens_seen": state["tokens_seen"],
+        "final_loss": last_loss,
+        "final_eval_loss": last_eval_loss,
+        "train_runtime_s": state["train_runtime_s"],
+        "data": data.description,
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        "num_processes": accelerator.num_processes,
+        "global_batch_size": state["global_batch_size"],
+        "mixed_precision": accelerator.mixed_precision,
+        "vocab_size": run_config.model.vocab_size,
+    }
+
+
+def _export(accelerator, model, data, run_config, output_dir: Path, summary: dict) -> None:
+    """Write the from_pretrained-ready folder: model + remote code, tokenizer, run config, summary."""
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP; collective
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
+        data.tokenizer.save_pretrained(str(output_dir))
+        (output_dir / RUN_CONFIG_FILE).write_text(run_config.to_yaml())
+        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+
+
+__all__ = ["train", "prepare_data", "build_model", "evaluate_loss", "TrainingDiverged", "StopTraining", "GlobalBatchSampler"]
