@@ -27,8 +27,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UsageError
-
-BUILTIN_ENCODINGS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope")
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS as BUILTIN_ENCODINGS
+from ..model.encodings_hf_posenc import POSITION_ENCODINGS, PositionEncoding
 REMOTE_CODE_FILES = ("configuration_hf_posenc.py", "modeling_hf_posenc.py", "encodings_hf_posenc.py")
 RUN_RECORD_FILES = ("run_config.yaml", "train_summary.json", "metrics.jsonl", "eval.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -491,12 +491,18 @@ def build_model_card(
     else:
         eval_note = None
     train_length = (records.eval or {}).get("train_length") or (records.train_summary or {}).get("block_size")
+    encoding_class = POSITION_ENCODINGS.get(encoding, PositionEncoding)  # the card describes what the class says
+    rotates = encoding_class.rotary is not PositionEncoding.rotary
     context = dict(
         repo_id=repo_id,
         model_name=model_name,
         encoding=encoding,
+        encoding_description=encoding_class.description,
+        encoding_citation=encoding_class.citation,
+        encoding_formula=encoding_class.formula,
+        extrapolates=encoding_class.extrapolates,
         hf_posenc_version=__version__,
-        rope_parameters=config.get("rope_parameters") if encoding == "rope" else None,
+        rope_parameters=config.get("rope_parameters") if rotates else None,
         architecture_rows=architecture_rows(config, num_parameters),
         max_position_embeddings=config.get("max_position_embeddings"),
         training_data=training_data,
