@@ -339,7 +339,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
 
     from ..evaluation.perplexity import evaluate_model_dir
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
-    from ..train.engine import SUMMARY_FILE, train
+    from ..run_folder import SUMMARY_FILE
+    from ..train.engine import train
 
     output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
     runs = {encoding: config.run_config_for(encoding, output_dir / encoding) for encoding in config.encodings}
