@@ -255,7 +255,7 @@ def refuse_pickle_checkpoint(path: Path) -> None:
 
 def read_checkpoint(path: Path, rank: int) -> CheckpointContents:
     """Read (not apply) a checkpoint; raise ``CheckpointUnreadable`` naming the file that is wrong."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     refuse_pickle_checkpoint(path)
@@ -277,7 +277,7 @@ def read_checkpoint(path: Path, rank: int) -> CheckpointContents:
         if current.exists():  # absent when resuming with more processes than the run had
             with safe_open(current, framework="pt") as handle:
                 rng = ({k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {})
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:  # safetensors errors are these
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as error:
         raise CheckpointUnreadable(f"{current}: {type(error).__name__}: {error}") from error
     if not isinstance(trainer_state, dict) or not isinstance(trainer_state.get("step"), int):
         raise CheckpointUnreadable(f"{path / TRAINER_STATE_FILE}: no integer 'step'")
