@@ -390,3 +390,25 @@ def test_upload_sends_exactly_the_dry_run_folder(learned_dir, tmp_path, monkeypa
     assert sorted(calls["files"]) == sorted(dry) == EXPECTED_FILES
     for name in ("README.md", "config.json", "model.safetensors", "modeling_hf_posenc.py", "tokenizer.json"):
         assert calls["files"][name] == dry[name], name
+
+
+def test_card_training_rows_come_from_the_nested_run_config(plain_dir):
+    config = json.loads((plain_dir / "config.json").read_text())
+    rows = dict(hub.training_rows(hub.read_run_records(plain_dir, config)))
+    assert rows["Learning rate (peak)"] == "0.001"  # training.lr of the nested run config
+    assert rows["Training sequence length (block size)"] == "32" and rows["Optimizer steps (max_steps)"] == "2"
+    assert rows["Per-device batch size"] == "1" and rows["Sequences per optimizer step (global batch)"] == "1"
+
+
+def test_folders_of_older_releases_still_make_a_card(tmp_path):
+    """A flat run config and a data source stored as prose (what earlier releases wrote) still read."""
+    model_dir = build_model_dir(tmp_path / "model", "alibi")
+    (model_dir / "run_config.yaml").write_text("position_encoding: alibi\ndata: stdlib\nblock_size: 32\n"
+                                              "max_steps: 2\nlearning_rate: 0.002\n")
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    summary["data"] = "stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)"
+    (model_dir / "train_summary.json").write_text(json.dumps(summary))
+    config = json.loads((model_dir / "config.json").read_text())
+    records = hub.read_run_records(model_dir, config)
+    assert dict(hub.training_rows(records))["Learning rate (peak)"] == "0.002"
+    assert hub.training_data_source(records).python_version == "3.11"

@@ -48,7 +48,16 @@ RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, CHECKPOINTS_DIR, "
 # The small records a published model carries next to its weights.
 RUN_RECORD_FILES = (RUN_CONFIG_FILE, SUMMARY_FILE, METRICS_FILE, EVAL_FILE)
 
-DATA_KINDS = ("embedded", "local", "hub", "unknown")
+DATA_KINDS = ("embedded", "local", "hub", "synthetic", "unknown")
+# The keys of train_summary.json (written by the training engine; a writer that forgets one is a bug).
+SUMMARY_KEYS = ("position_encoding", "block_size", "max_steps", "steps_completed", "stopped_early", "tokens_seen",
+                "final_loss", "final_eval_loss", "train_runtime_s", "data", "num_parameters", "num_processes",
+                "global_batch_size", "mixed_precision", "vocab_size")
+# The keys of a training row of metrics.jsonl (validation rows are {"step", "eval_loss"}).
+TRAIN_ROW_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "epoch", "elapsed_s")
+# The keys of eval.json (and of each eval_variants/ file).
+EVAL_KEYS = ("model_dir", "position_encoding", "train_length", "data", "split", "stride", "rope_scaling", "max_tokens",
+             "max_windows", "eval_runtime_s", "results", "tasks")
 
 
 # ---- low-level reading and writing -------------------------------------------------------------------------
@@ -186,7 +195,14 @@ def read_train_summary(folder: str | os.PathLike) -> dict | None:
     return summary
 
 
+def _check_keys(payload: dict, keys: tuple, what: str) -> None:
+    missing, unknown = set(keys) - set(payload), set(payload) - set(keys)
+    if missing or unknown:
+        raise ValueError(f"{what}: missing keys {sorted(missing)}, unknown keys {sorted(unknown)}")
+
+
 def write_train_summary(folder: str | os.PathLike, summary: dict) -> None:
+    _check_keys(summary, SUMMARY_KEYS, SUMMARY_FILE)
     if not isinstance(summary.get("data"), (dict, type(None))):
         raise TypeError("train_summary['data'] must be a data_record() dict")
     write_json(Path(folder) / SUMMARY_FILE, summary)
@@ -229,6 +245,10 @@ class MetricsLog:
         return skipped
 
     def write(self, row: dict) -> None:
+        if "loss" in row:
+            _check_keys(row, TRAIN_ROW_KEYS, f"{METRICS_FILE} training row")
+        elif set(row) != {"step", "eval_loss"}:
+            raise ValueError(f"{METRICS_FILE}: a row is a training row or {{'step', 'eval_loss'}}, got {sorted(row)}")
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
@@ -266,6 +286,9 @@ def read_eval(path: str | os.PathLike, position_encoding: str | None = None) -> 
 
 
 def write_eval(path: str | os.PathLike, evaluation: dict) -> None:
+    _check_keys(evaluation, EVAL_KEYS, EVAL_FILE)
+    if not isinstance(evaluation.get("data"), (dict, type(None))):
+        raise TypeError("eval['data'] must be a data_record() dict")
     write_json(path, evaluation)
 
 
