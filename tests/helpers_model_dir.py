@@ -107,6 +107,7 @@ def measured_eval(model, token_ids: list[int], lengths=(32, 64, 128)) -> dict:
         "position_encoding": encoding,
         "train_length": BLOCK_SIZE,
         "data": None,
+        "variant": None,
         "split": "validation",
         "stride": None,
         "rope_scaling": None,

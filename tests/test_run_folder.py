@@ -71,7 +71,8 @@ def test_run_settings_read_nested_and_flat_configs():
 def test_eval_variants_never_replace_eval_json(tmp_path):
     assert run_folder.eval_variant_name(None, None) is None
     name = run_folder.eval_variant_name({"rope_type": "yarn", "factor": 4.0}, "/data/my notes.txt")
-    assert name == "rope-yarn-x4_data-my_notes.txt"
+    assert name == "rope-yarn_data-my_notes.txt"
+    assert run_folder.eval_variant_name(None, None, "train") == "split-train"
     assert run_folder.default_eval_path(tmp_path, None) == tmp_path / "eval.json"
     assert run_folder.default_eval_path(tmp_path, name).parent.name == run_folder.EVAL_VARIANTS_DIR
 

@@ -56,8 +56,8 @@ SUMMARY_KEYS = ("position_encoding", "block_size", "max_steps", "steps_completed
 # The keys of a training row of metrics.jsonl (validation rows are {"step", "eval_loss"}).
 TRAIN_ROW_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "epoch", "elapsed_s")
 # The keys of eval.json (and of each eval_variants/ file).
-EVAL_KEYS = ("model_dir", "position_encoding", "train_length", "data", "split", "stride", "rope_scaling", "max_tokens",
-             "max_windows", "eval_runtime_s", "results", "tasks")
+EVAL_KEYS = ("model_dir", "position_encoding", "train_length", "data", "variant", "split", "stride", "rope_scaling",
+             "max_tokens", "max_windows", "eval_runtime_s", "results", "tasks")
 
 
 # ---- low-level reading and writing -------------------------------------------------------------------------
@@ -292,13 +292,11 @@ def write_eval(path: str | os.PathLike, evaluation: dict) -> None:
     write_json(path, evaluation)
 
 
-def eval_variant_name(rope_scaling: dict | None, custom_data: str | None) -> str | None:
+def eval_variant_name(rope_scaling: dict | None, custom_data: str | None, split: str = "validation") -> str | None:
     """The file stem for a measurement that is not the model's own (None: it is the plain one -> eval.json)."""
-    parts = []
-    if rope_scaling:
-        kind = rope_scaling.get("rope_type") or rope_scaling.get("type") or "scaled"
-        factor = rope_scaling.get("factor")
-        parts.append(f"rope-{kind}" + (f"-x{factor:g}" if _is_number(factor) else ""))
+    parts = [] if split == "validation" else [f"split-{split}"]
+    if rope_scaling:  # the factor is inside the file; one variant per scaling type
+        parts.append(f"rope-{rope_scaling.get('rope_type') or rope_scaling.get('type') or 'scaled'}")
     if custom_data:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(custom_data).rstrip("/")).name or str(custom_data))
         parts.append(f"data-{stem.strip('_') or 'custom'}")
