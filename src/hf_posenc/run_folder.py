@@ -95,7 +95,7 @@ def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> di
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); fix or remove it") from None
+        raise UsageError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}); fix or remove it") from None
     if not isinstance(loaded, dict):
         raise UsageError(f"{path}: expected {what}, got a JSON {type(loaded).__name__}")
     return loaded
@@ -116,7 +116,7 @@ def read_run_config(folder: str | os.PathLike) -> dict | None:
     try:
         loaded = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as error:
-        raise UsageError(f"{path}: not valid YAML ({' '.join(str(error).split())[:200]}); fix or remove it") from None
+        raise UsageError(f"{path}: is not valid YAML ({' '.join(str(error).split())[:200]}); fix or remove it") from None
     if loaded is None:
         return None
     if not isinstance(loaded, dict):

@@ -87,9 +87,9 @@ def check_model_dir(model_dir: str | os.PathLike) -> dict:
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise UsageError(f"MODEL_DIR {str(model_dir)!r} has no config.json (expected the output of hf-posenc train)")
-    config = _read_json(config_path)
-    if not isinstance(config, dict) or config.get("model_type") != "hf_posenc":
-        found = config.get("model_type") if isinstance(config, dict) else config
+    config = run_folder.read_json_object(config_path, "the model's config object")
+    if config.get("model_type") != "hf_posenc":
+        found = config.get("model_type")
         raise UsageError(f"{config_path} must have model_type 'hf_posenc', got {found!r}")
     encoding = config.get("position_encoding")
     if encoding not in BUILTIN_ENCODINGS:
@@ -111,7 +111,7 @@ def check_dry_run_dir(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"--dry-run {str(out_dir)!r} exists and is not an empty directory; choose a new folder")
-    return out_dir
+    return run_folder.check_writable_dir(out_dir, "--dry-run")
 
 
 def check_template(template: str | os.PathLike | None) -> str:
@@ -307,6 +307,27 @@ def eval_table_rows(records: RunRecords) -> list[dict]:
     return rows
 
 
+def variant_rows(records: RunRecords) -> list[dict]:
+    """Measurements that are not the model's own (eval-time RoPE scaling, other data): one row per length."""
+    rows = []
+    for name, evaluation in sorted(records.eval_variants.items()):
+        scaling = evaluation.get("rope_scaling")
+        changes = []
+        if scaling:
+            changes.append(f"RoPE scaling {scaling.get('rope_type')} x{scaling.get('factor'):g}"
+                           if _is_number(scaling.get("factor")) else f"RoPE scaling {scaling.get('rope_type')}")
+        source = data_source(evaluation.get("data")) if evaluation.get("data") else None
+        if "data-" in name and source is not None:
+            changes.append(f"on {source.describe()}")
+        if evaluation.get("split") not in (None, "validation"):
+            changes.append(f"{evaluation['split']} split")
+        for row in sorted(evaluation["results"], key=lambda row: row["eval_length"]):
+            if _is_measured(row):
+                rows.append({"variant": name, "changes": ", ".join(changes) or name, "length": row["eval_length"],
+                             "perplexity": _fmt(float(row["perplexity"]), 2)})
+    return rows
+
+
 def eval_results(records: RunRecords) -> list:
     """One huggingface_hub EvalResult per evaluated length: exactly the perplexities of eval.json."""
     from huggingface_hub import EvalResult
@@ -409,6 +430,7 @@ def build_model_card(
         eval_rows=eval_table_rows(records) if results else [],
         eval_data=eval_data_source(records).describe() if results else None,
         eval_stride=(records.eval or {}).get("stride"),
+        eval_variants=variant_rows(records),
         train_length=_fmt(train_length) if _is_number(train_length) else None,
         tasks=[
             {**task, "accuracy": _fmt(task["accuracy"], 3) if _is_number(task.get("accuracy")) else "-"}
@@ -435,9 +457,7 @@ def assemble_upload_folder(
     template_text: str | None = None,
 ) -> list[str]:
     """Write into the empty folder `out_dir` exactly what is uploaded; return its relative file paths."""
-    from transformers import AutoTokenizer
-
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..model.loading import load_model_folder, load_tokenizer_folder
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = check_model_dir(model_dir)
@@ -445,16 +465,10 @@ def assemble_upload_folder(
 
     # Loading and re-saving with the installed hf_posenc writes safetensors (also from a .bin), auto_map and
     # the current remote-code files. Any weight that does not match the config is refused, not re-initialized.
-    try:
-        model, info = PosEncForCausalLM.from_pretrained(model_dir, dtype="auto", output_loading_info=True)
-    except (RuntimeError, OSError, ValueError) as error:  # e.g. weight shapes that do not match config.json
-        raise UsageError(f"cannot load the model in {model_dir}: {' '.join(str(error).split())[:300]}") from None
-    problems = {key: value for key, value in info.items() if value}  # missing/unexpected/mismatched keys, errors
-    if problems:
-        raise UsageError(f"the weights in {model_dir} do not match its config.json: {problems}")
+    model = load_model_folder(model_dir, dtype="auto")
     model.save_pretrained(out_dir)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer_folder(model_dir)
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(
             f"the tokenizer in {model_dir} has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -465,6 +479,9 @@ def assemble_upload_folder(
     for name in RUN_RECORD_FILES:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out_dir / name)
+    for name in records.eval_variants:  # labelled as variants on the card, never as the model's perplexity
+        (out_dir / run_folder.EVAL_VARIANTS_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(run_folder.default_eval_path(model_dir, name), run_folder.default_eval_path(out_dir, name))
     card = build_model_card(
         config, records, repo_id, license_id=license_id, num_parameters=model.num_parameters(),
         template_text=template_text,
