@@ -1,5 +1,6 @@
 """PosEncConfig: defaults, round trips, RoPE parameters through transformers' utilities, clear errors."""
 
+import json
 import re
 
 import pytest
@@ -20,14 +21,18 @@ def test_defaults_are_a_llama_with_rope():
 
 @pytest.mark.parametrize("position_encoding", ENCODINGS)
 def test_save_and_load_round_trip(tmp_path, position_encoding):
-    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0)
+    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0 if position_encoding == "rope" else None)
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, PosEncConfig)
     for field in ("position_encoding", "tie_word_embeddings", "num_key_value_heads", "t5_num_buckets", "head_dim"):
         assert getattr(loaded, field) == getattr(config, field)
-    assert loaded.rope_parameters == config.rope_parameters
-    assert loaded.rope_parameters["rope_theta"] == 5000.0
+    if position_encoding == "rope":
+        assert loaded.rope_parameters == config.rope_parameters
+        assert loaded.rope_parameters["rope_theta"] == 5000.0
+    else:  # RoPE parameters exist only where RoPE is used
+        assert not hasattr(loaded, "rope_parameters")
+        assert "rope_parameters" not in loaded.to_dict()
 
 
 def test_rope_scaling_is_merged_into_rope_parameters():
@@ -81,3 +86,26 @@ def test_invalid_values_name_field_and_value(overrides, field, value):
 def test_error_lists_allowed_encodings():
     with pytest.raises(ValueError, match=re.escape(str(ENCODINGS))):
         tiny_config("absolute")
+
+
+@pytest.mark.parametrize("position_encoding", [e for e in ENCODINGS if e != "rope"])
+@pytest.mark.parametrize(
+    "option",
+    [{"rope_theta": 500.0}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}],
+    ids=["rope_theta", "rope_scaling", "rope_parameters"],
+)
+def test_rope_options_on_another_encoding_are_an_error(position_encoding, option):
+    with pytest.raises(ValueError, match=rf"{next(iter(option))}=.*is a RoPE option.*{position_encoding!r} does not use RoPE"):
+        tiny_config(position_encoding, **option)
+
+
+def test_configs_saved_with_the_default_rope_parameters_still_load(tmp_path):
+    """Before RoPE parameters became RoPE-only, every config.json carried the default ones."""
+    config = tiny_config("alibi")
+    config.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}))
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.position_encoding == "alibi" and not hasattr(loaded, "rope_parameters")
+    assert PosEncConfig(position_encoding="nope", rope_theta=10000.0).uses_rope is False

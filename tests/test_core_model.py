@@ -140,3 +140,30 @@ def test_bias_encodings_refuse_backends_without_score_bias():
     model.config._attn_implementation = "paged|sdpa"  # a backend that cannot take a float bias
     with pytest.raises(ValueError, match="adds a bias to attention scores"):
         model(random_tokens())
+
+
+def test_learned_table_through_transformers_position_embedding_api(tmp_path):
+    model = tiny_model("learned", max_position_embeddings=16)
+    table = model.get_position_embeddings()
+    assert table is model.model.position_encoding.position_embeddings and table.num_embeddings == 16
+    ids = random_tokens(length=16)
+    with torch.no_grad():
+        before = model(ids).logits
+    model.resize_position_embeddings(24)
+    assert model.config.max_position_embeddings == 24 and model.get_position_embeddings().num_embeddings == 24
+    torch.testing.assert_close(model.get_position_embeddings().weight[:16], table.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before)  # kept rows unchanged
+        assert model(random_tokens(length=24)).logits.shape == (2, 24, 101)
+    model.save_pretrained(tmp_path)
+    assert PosEncForCausalLM.from_pretrained(tmp_path).get_position_embeddings().num_embeddings == 24
+    model.resize_position_embeddings(8)
+    with pytest.raises(ValueError, match="max_position_embeddings=8"):
+        model(random_tokens(length=9))
+    with pytest.raises(ValueError, match="new_num_position_embeddings.*0"):
+        model.resize_position_embeddings(0)
+
+
+def test_encodings_without_a_table_say_so():
+    with pytest.raises(NotImplementedError, match="'rope' has no position-embedding table"):
+        tiny_model("rope").get_position_embeddings()

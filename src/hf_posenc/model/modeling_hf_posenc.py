@@ -163,6 +163,19 @@ def flex_attention_with_score_mod(module, query, key, value, block_mask, score_m
     return output.transpose(1, 2).contiguous(), None  # (batch, q, heads, head_dim)
 
 
+def heads_of_this_rank(mask: torch.Tensor | None, local_heads: int) -> torch.Tensor | None:
+    """A per-head (batch, heads, q, kv) mask cut to the heads this rank computes under tensor parallelism.
+
+    The tensor-parallel plan splits the query projection by column, so each rank holds one contiguous block of
+    heads, in rank order; the score bias is built for all heads at model level, once per forward.
+    """
+    if mask is None or mask.ndim != 4 or mask.shape[1] in (1, local_heads):
+        return mask
+    blocks = mask.shape[1] // local_heads
+    block = torch.distributed.get_rank() % blocks
+    return mask.narrow(1, block * local_heads, local_heads)  # (batch, local_heads, q, kv)
+
+
 class PosEncAttention(nn.Module):
     def __init__(self, config: PosEncConfig, layer_idx: int):
         super().__init__()
@@ -193,6 +206,7 @@ class PosEncAttention(nn.Module):
             key, value = cache.update(key, value, self.layer_idx)
 
         dropout = self.config.attention_dropout if self.training else 0.0
+        attention_mask = heads_of_this_rank(attention_mask, query.shape[1])
         if score_mod is not None:
             output, weights = flex_attention_with_score_mod(
                 self, query, key, value, attention_mask, score_mod, self.scaling, dropout
@@ -297,6 +311,33 @@ class PosEncModel(PosEncPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embed_tokens = value
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        """The learned position table (transformers' position-embedding API); other encodings have none."""
+        table = getattr(self.position_encoding, "position_embeddings", None)
+        if not isinstance(table, nn.Embedding):
+            raise NotImplementedError(
+                f"position_encoding={self.config.position_encoding!r} has no position-embedding table "
+                "(only 'learned' has one)"
+            )
+        return table
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        """Resize the learned table to ``new_num_position_embeddings`` rows: kept rows keep their values, new
+        rows are initialized like the table was; ``max_position_embeddings`` follows."""
+        if isinstance(new_num_position_embeddings, bool) or not isinstance(new_num_position_embeddings, int) or (
+            new_num_position_embeddings < 1
+        ):
+            raise ValueError(f"new_num_position_embeddings must be an integer >= 1, got {new_num_position_embeddings!r}")
+        old = self.get_position_embeddings()
+        new = nn.Embedding(new_num_position_embeddings, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.normal_(mean=0.0, std=self.config.initializer_range)
+            kept = min(old.num_embeddings, new_num_position_embeddings)
+            new.weight[:kept] = old.weight[:kept]
+        self.position_encoding.position_embeddings = new
+        self.position_encoding.max_positions = new_num_position_embeddings
+        self.config.max_position_embeddings = new_num_position_embeddings
 
     @accept_cache_keyword
     @capture_outputs
@@ -410,6 +451,8 @@ class PosEncModel(PosEncPreTrainedModel):
 
 class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: PosEncConfig):
         super().__init__(config)
@@ -417,6 +460,12 @@ class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self.model.get_position_embeddings()
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        self.model.resize_position_embeddings(new_num_position_embeddings)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -480,6 +529,12 @@ class PosEncForSequenceClassification(PosEncPreTrainedModel):
         self.model = PosEncModel(config)
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self.model.get_position_embeddings()
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        self.model.resize_position_embeddings(new_num_position_embeddings)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
