@@ -109,3 +109,21 @@ def test_configs_saved_with_the_default_rope_parameters_still_load(tmp_path):
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert loaded.position_encoding == "alibi" and not hasattr(loaded, "rope_parameters")
     assert PosEncConfig(position_encoding="nope", rope_theta=10000.0).uses_rope is False
+
+
+def test_trained_context_length_is_saved_under_transformers_name_and_read_by_evaluators(tmp_path):
+    config = tiny_config("learned", max_position_embeddings=64, original_max_position_embeddings=16)
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["original_max_position_embeddings"] == 16
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert loaded.trained_context_length == 16 and loaded.max_position_embeddings == 64
+    # lm-evaluation-harness takes the first of n_positions, max_position_embeddings, n_ctx that the config has
+    first = next(getattr(loaded, a) for a in ("n_positions", "max_position_embeddings", "n_ctx") if hasattr(loaded, a))
+    assert first == 16
+    untrained = tiny_config("learned", max_position_embeddings=64)
+    assert untrained.trained_context_length is None and untrained.n_positions == 64
+    # RoPE scalings anchored at the pretraining length take it (transformers' convention, as in Phi-3)
+    yarn = tiny_config(original_max_position_embeddings=16, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    assert yarn.rope_parameters["original_max_position_embeddings"] == 16
+    with pytest.raises(ValueError, match="original_max_position_embeddings.*0"):
+        tiny_config(original_max_position_embeddings=0)

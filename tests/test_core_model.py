@@ -167,3 +167,17 @@ def test_learned_table_through_transformers_position_embedding_api(tmp_path):
 def test_encodings_without_a_table_say_so():
     with pytest.raises(NotImplementedError, match="'rope' has no position-embedding table"):
         tiny_model("rope").get_position_embeddings()
+
+
+@pytest.mark.parametrize("encoding", ["learned", "alibi"])
+def test_positions_beyond_the_trained_length_are_allowed_and_reported_once(encoding, caplog):
+    model = tiny_model(encoding, max_position_embeddings=64, original_max_position_embeddings=8)
+    logger = "hf_posenc.model.modeling_hf_posenc"
+    with caplog.at_level("WARNING", logger=logger):
+        model(random_tokens(length=8))
+        assert not [r for r in caplog.records if "trained context length" in r.message]
+        model(random_tokens(length=12))
+        model(random_tokens(length=20))
+        model(random_tokens(length=3), position_ids=torch.tensor([[0, 9, 30]]))
+    reports = [r.message for r in caplog.records if "trained context length" in r.message]
+    assert len(reports) == 1 and "position 11 is beyond the trained context length of 8 tokens" in reports[0]

@@ -131,9 +131,9 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
 
     run = _read_yaml(path / "run_config.yaml")
     data = run.get("data") if isinstance(run.get("data"), dict) else {}
-    train_length = None
+    train_length = config.trained_context_length  # recorded by training in config.json; older folders lack it
     summary_file = path / "train_summary.json"
-    if summary_file.is_file():
+    if train_length is None and summary_file.is_file():
         train_length = json.loads(summary_file.read_text()).get("block_size")
     if train_length is None:
         train_length = data.get("block_size")

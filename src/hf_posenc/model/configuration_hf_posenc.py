@@ -66,6 +66,13 @@ class PosEncConfig(PreTrainedConfig):
             The transformers 5 form of the two above; wins over ``rope_theta``, loses to ``rope_scaling``.
         t5_num_buckets (`int`, defaults to 32), t5_max_distance (`int`, defaults to 128):
             T5 relative-bias buckets: half exact distances, half log-spaced up to ``t5_max_distance``.
+        original_max_position_embeddings (`int`, *optional*):
+            The trained context length: the sequence length the model was trained on (set by ``hf-posenc train``;
+            ``None`` while unknown). transformers' name for the pretraining length (Phi-3 keeps it at top level;
+            yarn / longrope / llama3 RoPE read it from here). ``max_position_embeddings`` stays the most positions
+            the model can represent (the learned table's rows). Positions beyond the trained length are allowed
+            and reported once with a warning. Evaluators that read ``n_positions`` first
+            (lm-evaluation-harness) get this length by default.
         sinusoidal_scale (`float`, *optional*):
             Multiplier of the sinusoidal table. ``None`` matches the table's RMS to the token embeddings' RMS
             at initialization (``initializer_range * sqrt(2)``).
@@ -116,6 +123,7 @@ class PosEncConfig(PreTrainedConfig):
         t5_num_buckets: int = 32,
         t5_max_distance: int = 128,
         sinusoidal_scale: float | None = None,
+        original_max_position_embeddings: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -139,6 +147,10 @@ class PosEncConfig(PreTrainedConfig):
         self.t5_num_buckets = t5_num_buckets
         self.t5_max_distance = t5_max_distance
         self.sinusoidal_scale = sinusoidal_scale
+        if original_max_position_embeddings is not None:
+            # Only set when known: transformers' RoPE standardization copies the attribute whenever it exists.
+            _require_int("original_max_position_embeddings", original_max_position_embeddings)
+            self.original_max_position_embeddings = original_max_position_embeddings
         self._validate_architecture()
         if self.head_dim is None:
             self.head_dim = hidden_size // num_attention_heads
@@ -151,6 +163,17 @@ class PosEncConfig(PreTrainedConfig):
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
         if self.uses_rope:
             self.standardize_rope_params()  # adds original_max_position_embeddings for yarn / llama3 / longrope
+
+    @property
+    def trained_context_length(self) -> int | None:
+        """The sequence length the model was trained on, or ``None`` when the config does not record it."""
+        return getattr(self, "original_max_position_embeddings", None)
+
+    @property
+    def n_positions(self) -> int:
+        """The context length evaluators should use by default (lm-evaluation-harness reads ``n_positions``
+        before ``max_position_embeddings``): the trained length when known, else ``max_position_embeddings``."""
+        return self.trained_context_length or self.max_position_embeddings
 
     @property
     def uses_rope(self) -> bool:

@@ -32,12 +32,14 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
-from transformers.utils import can_return_tuple
+from transformers.utils import can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hf_posenc import PosEncConfig
 from .encodings_hf_posenc import POSITION_ENCODINGS, build_position_encoding
+
+logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the cache keyword `past_key_values` to `cache`; follow whichever is installed.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
@@ -169,7 +171,7 @@ def heads_of_this_rank(mask: torch.Tensor | None, local_heads: int) -> torch.Ten
     The tensor-parallel plan splits the query projection by column, so each rank holds one contiguous block of
     heads, in rank order; the score bias is built for all heads at model level, once per forward.
     """
-    if mask is None or mask.ndim != 4 or mask.shape[1] in (1, local_heads):
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] in (1, local_heads):  # BlockMask: flex
         return mask
     blocks = mask.shape[1] // local_heads
     block = torch.distributed.get_rank() % blocks
@@ -304,6 +306,7 @@ class PosEncModel(PosEncPreTrainedModel):
         self.layers = nn.ModuleList(PosEncDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
+        self._warned_beyond_training = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -372,6 +375,7 @@ class PosEncModel(PosEncPreTrainedModel):
                 attention_mask, query_offset, query_length, inputs_embeds.device
             )
 
+        self._report_positions_beyond_training(position_ids, caller_position_ids is None, query_offset + query_length)
         encoding = self.position_encoding
         hidden_states = inputs_embeds
         added = encoding.input_embedding(position_ids, inputs_embeds.dtype)
@@ -401,6 +405,23 @@ class PosEncModel(PosEncPreTrainedModel):
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
         )
+
+    def _report_positions_beyond_training(self, position_ids, derived: bool, index_bound: int) -> None:
+        """Warn once per model when a position reaches the trained context length: allowed (length
+        generalization is what this model is for), but results there are extrapolation."""
+        trained = self.config.trained_context_length
+        if trained is None or self._warned_beyond_training or torch.compiler.is_compiling():
+            return
+        if derived and index_bound <= trained:
+            return  # derived positions never exceed their index: no need to look at the tensor (a device sync)
+        largest = int(position_ids.max())
+        if largest >= trained:
+            self._warned_beyond_training = True
+            logger.warning(
+                f"position {largest} is beyond the trained context length of {trained} tokens "
+                f"(config.original_max_position_embeddings); position_encoding={self.config.position_encoding!r} "
+                "is extrapolating from here on. This warning is shown once."
+            )
 
     def _causal_is_implicit(self, attention_mask, cache, caller_position_ids) -> bool:
         """True when SDPA's own ``is_causal`` is the whole mask: no padding, no cache, no packed positions.
