@@ -76,7 +76,8 @@ def test_output_dir_follows_the_model_directory_contract_and_the_loss_falls(corp
     assert summary == json.loads((out / "train_summary.json").read_text())
     assert summary["position_encoding"] == "rope" and summary["block_size"] == 32 and summary["max_steps"] == 30
     assert summary["tokens_seen"] == 30 * 8 * 32 and summary["final_loss"] == train_rows[-1]["loss"]
-    assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"].startswith("local: ")
+    assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"]["kind"] == "local"
+    assert summary["data"]["description"].startswith("local: ")
     assert summary["num_parameters"] > 0 and summary["train_runtime_s"] > 0
     saved_config = json.loads((out / "config.json").read_text())
     assert saved_config["original_max_position_embeddings"] == 32  # the trained context length, for evaluators
