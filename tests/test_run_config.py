@@ -79,7 +79,7 @@ def test_yaml_round_trip(tmp_path):
         ("", {"training.adam_beta2": "1.0"}, r"adam_beta2 must be in \[0, 1\)"),
         ("", {"training.mixed_precision": "fp8"}, r"mixed_precision must be one of"),
         ("", {"model.attn_implementation": "flash"}, r"attn_implementation must be one of"),
-        ("", {"model.position_encoding": "xpos"}, r"model\.position_encoding must be one of .*'alibi'.*got 'xpos'"),
+        ("", {"model.position_encoding": "no_such_encoding"}, r"model\.position_encoding must be one of .*'alibi'.*got 'no_such_encoding'"),
         ("", {"model.hidden_size": "100", "model.num_attention_heads": "3"}, r"invalid model section: model\.hidden_size"),
         ("model:\n  position_encoding: learned\n  max_position_embeddings: 64\ndata:\n  block_size: 128\n", {},
          r"data\.block_size=128 is beyond what position_encoding='learned' allows \(model\.max_position_embeddings=64\)"),

@@ -41,9 +41,12 @@ class PositionEncoding(nn.Module):
     Attributes:
         max_positions: the largest number of positions the encoding can represent, or ``None`` when it
             works at any length. Evaluation and training use it to refuse lengths early.
+        uses_rope: whether the encoding reads ``config.rope_parameters`` (transformers' RoPE utilities). The
+            config keeps RoPE parameters only for such encodings and refuses RoPE options on any other.
     """
 
     max_positions: int | None = None
+    uses_rope: bool = False
     extrapolates: bool = True  # False: positions beyond max_position_embeddings are refused (learned)
     # Self-description, read by figures, plots, model cards and docs (override in every encoding).
     description: str = "a position encoding registered by the user of hf_posenc."
@@ -291,6 +294,8 @@ class RotaryPositionEncoding(PositionEncoding):
     citation = "Su et al., 2021 (RoPE); Barbero et al., ICLR 2025 (p-RoPE)"
     formula = "q_n = R(n theta) q, k_m = R(m theta) k, theta_i = base^(-2i/d) (p-RoPE: theta_i = 0 for i >= p d/2)"
     color = "#2ca02c"
+
+    uses_rope = True
 
     def __init__(self, config):
         super().__init__(config)

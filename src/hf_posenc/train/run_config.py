@@ -55,6 +55,11 @@ class ModelSection:
     t5_num_buckets: int = 32
     t5_max_distance: int = 128
     sinusoidal_scale: float | None = None
+    rope_fraction: float = 1.0  # p-RoPE (rope, xpos): the fraction of RoPE frequencies that rotate
+    alibi_num_heads: int | None = None  # alibi: bias on the first N heads only (None: all)
+    fire_init_length: int | None = None  # fire: initial L (None: max_position_embeddings; set it to data.block_size)
+    xpos_scale_base: float = 512.0  # xpos: gamma in zeta ** (n / gamma)
+    sandwich_dim: int | None = None  # sandwich: channels of the sinusoids (None: hidden_size)
     attn_implementation: str = "sdpa"  # not a PosEncConfig field: chosen when the model is built
 
 
