@@ -372,6 +372,27 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     return summary
 
 
+def randomized_positions(max_position: int, batch: int, length: int, seed: int) -> torch.LongTensor:
+    """Randomized positions (Ruoss et al., 2023): per row, a sorted random subset of ``[0, max_position)``.
+
+    ``(batch, length)``; a function of ``seed`` alone, so a resumed run draws the same positions.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(batch, max_position, generator=generator)  # (batch, max_position)
+    return scores.topk(length, dim=-1).indices.sort(dim=-1).values  # (batch, length): random subset, sorted
+
+
+def _training_forward(model, input_ids, t, step: int, micro: int, rank: int):
+    """The training loss of one micro-batch, with randomized positions when the run asks for them."""
+    if t.random_positions_max is None:
+        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+    seed = ((t.seed * 1_000_003 + step) * 1009 + micro) * 101 + rank
+    positions = randomized_positions(t.random_positions_max, *input_ids.shape, seed).to(input_ids.device)
+    # An all-ones mask: without it transformers reads non-contiguous position_ids as packed sequences.
+    return model(input_ids=input_ids, labels=input_ids, position_ids=positions,
+                 attention_mask=torch.ones_like(input_ids), use_cache=False).loss
+
+
 def _say(main: bool, message: str) -> None:
     if main:
         print(message, file=sys.stderr, flush=True)
@@ -415,10 +436,10 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
     try:
         while state["step"] < t.max_steps:
             step_loss = torch.zeros((), device=device)
-            for _ in range(t.gradient_accumulation_steps):
+            for micro in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
                 with accelerator.accumulate(model):
-                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+                    loss = _training_forward(model, input_ids, t, state["step"], micro, accelerator.process_index)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)

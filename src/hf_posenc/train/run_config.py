@@ -103,6 +103,9 @@ class TrainingSection:
     torch_compile: bool = False
     dataloader_num_workers: int = 0
     cpu_threads: int | None = None  # torch intra-op threads on CPU (None: torch's default, one per core)
+    # Randomized positions (Ruoss et al., 2023): each training row gets a sorted random subset of [0, M) as its
+    # positions, M > data.block_size; evaluation keeps ordinary positions. None: ordinary positions.
+    random_positions_max: int | None = None
 
 
 SECTION_TYPES = {"model": ModelSection, "data": DataSection, "tokenizer": TokenizerSection, "training": TrainingSection}
@@ -180,6 +183,8 @@ class RunConfig:
             _at_least("training.cpu_threads", t.cpu_threads, 1)
         if t.eval_max_batches is not None:
             _at_least("training.eval_max_batches", t.eval_max_batches, 1)
+        if t.random_positions_max is not None:
+            _at_least("training.random_positions_max", t.random_positions_max, d.block_size + 1)
         _positive("training.lr", t.lr)
         _positive("training.adam_epsilon", t.adam_epsilon)
         _at_least("training.weight_decay", t.weight_decay, 0.0)
@@ -227,6 +232,13 @@ class RunConfig:
 
     def check_block_size(self) -> None:
         limit = self.max_positions()
+        largest = self.training.random_positions_max
+        if limit is not None and largest is not None and largest > limit:
+            raise UsageError(
+                f"training.random_positions_max={largest} is beyond what position_encoding="
+                f"{self.model.position_encoding!r} allows (model.max_position_embeddings={limit}); "
+                "lower training.random_positions_max or raise model.max_position_embeddings"
+            )
         if limit is not None and self.data.block_size > limit:
             raise UsageError(
                 f"data.block_size={self.data.block_size} is beyond what position_encoding="
