@@ -45,7 +45,7 @@ else
            --compile-encodings rope,alibi,t5_bias)
     PEAK=(--measure-peak)
 fi
-ENCODINGS_BIAS_FIRST=alibi,t5_bias,rope,nope,sinusoidal,learned
+ENCODINGS_BIAS_FIRST=alibi,t5_bias,kerple_log,kerple_power,fire,sandwich,dynamic_bias,rope,xpos,nope,sinusoidal,learned
 
 # section NAME NOMINAL_LIMIT_S MIN_S COMMAND...: run with min(nominal, time left - 10 s); skip if under MIN_S left
 section() {
@@ -82,7 +82,7 @@ section train_eager 150 40 "${BENCH_CMD[@]}" "${BENCH[@]}" ${PEAK[@]+"${PEAK[@]}
 
 # 2. Fast paths vs eager in bf16 (cheapest first; stops starting new checks after its budget).
 section agreement 100 30 "$PY" -m hf_posenc.bench.agreement "${AGREE[@]}" --encodings "$ENCODINGS_BIAS_FIRST" \
-    --flex-encodings alibi,t5_bias,nope --time-budget-s 65 --output "$OUT/agreement.json"
+    --flex-encodings alibi,t5_bias,kerple_log,kerple_power,fire,sandwich,dynamic_bias,nope --time-budget-s 65 --output "$OUT/agreement.json"
 
 # 3. torch.compile: rope vs hf:llama, both compiled and eager, in the same rounds.
 #    Decides: compiled rope >= 1.0x compiled Llama, >= 1.4x eager Llama, MFU >= 45%.
@@ -106,7 +106,7 @@ section decode_static 70 30 "${BENCH_CMD[@]}" "${BENCH[@]}" "${DECODE[@]}" --mod
     --output "$OUT/decode_static.json" --summary "$OUT/decode_static_summary.json"
 
 # 7. If time is left: the bias encodings on SDPA's dense per-head bias, next to nope (what --attn sdpa costs).
-section train_bias_sdpa 60 25 "${BENCH_CMD[@]}" "${BENCH[@]}" --modes train --encodings nope,alibi,t5_bias --references none \
+section train_bias_sdpa 60 25 "${BENCH_CMD[@]}" "${BENCH[@]}" --modes train --encodings nope,alibi,t5_bias,kerple_log,fire,sandwich,dynamic_bias --references none \
     --attn sdpa --time-budget-s 20 --output "$OUT/train_bias_sdpa.json" --summary "$OUT/train_bias_sdpa_summary.json"
 
 "$PY" scripts/gpu_summary.py "$OUT" | tee "$OUT/summary.txt"

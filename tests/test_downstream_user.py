@@ -19,8 +19,9 @@ import pytest
 from helpers_model_dir import build_model_dir
 
 from hf_posenc.cli import main
+from hf_posenc.model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS
 
-ENCODINGS = ["sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"]
+ENCODINGS = list(BUILTIN_POSITION_ENCODINGS)  # every built-in, from the registry
 
 # Runs in the fresh interpreter: argv = [report_path, folder, folder, ...].
 DOWNSTREAM_SCRIPT = r'''
