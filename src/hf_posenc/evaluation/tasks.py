@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..errors import SettingsError
+from ..settings import check_settings, load_settings, setting, to_dict
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 DIGITS = tuple(str(d) for d in range(10))
@@ -77,9 +78,9 @@ class TaskExample:
 def make_example(task: str, length: int, rng: random.Random) -> TaskExample:
     """One random instance of ``task`` with ``length`` input digits (per operand for addition)."""
     if task not in TASK_NAMES:
-        raise UsageError(f"unknown task {task!r}; choose from {list(TASK_NAMES)}")
+        raise SettingsError(f"unknown task {task!r}; choose from {list(TASK_NAMES)}", field="task")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise UsageError(f"task length must be an integer >= 1, got {length!r}")
+        raise SettingsError(f"task length must be an integer >= 1, got {length!r}", field="length")
     digits = [rng.choice(DIGITS) for _ in range(length)]
     if task == "addition":
         other = [rng.choice(DIGITS) for _ in range(length)]
@@ -110,86 +111,51 @@ def exact_match_accuracy(predictions: Sequence[Sequence], targets: Sequence[Sequ
 class TaskSettings:
     """What to train and test. The defaults are the CPU-sized study of ``configs/compare-tiny.yaml``."""
 
-    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
-    train_min_length: int = 1
-    train_max_length: int = 8
-    test_lengths: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 24])
-    num_test_examples: int = 100
+    tasks: list[str] = setting(default_factory=lambda: list(TASK_NAMES), choices=TASK_NAMES, label="task",
+                               non_empty=True)
+    train_min_length: int = setting(1, minimum=1)
+    train_max_length: int = setting(8, minimum=1)
+    test_lengths: list[int] = setting(default_factory=lambda: [4, 8, 12, 16, 24], minimum=1, non_empty=True)
+    num_test_examples: int = setting(100, minimum=1)
     # the model (a PosEncConfig; the encoding is set per run)
-    hidden_size: int = 64
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int | None = None
-    attn_implementation: str = "sdpa"
+    hidden_size: int = setting(64, minimum=1)
+    intermediate_size: int = setting(256, minimum=1)
+    num_hidden_layers: int = setting(2, minimum=1)
+    num_attention_heads: int = setting(4, minimum=1)
+    num_key_value_heads: int | None = setting(None, minimum=1)
+    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
     # training
-    max_steps: int = 400
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 40
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 50
-    seed: int = 0
-    eval_batch_size: int = 100
+    max_steps: int = setting(400, minimum=1)
+    batch_size: int = setting(64, minimum=1)
+    lr: float = setting(3e-3, positive=True)
+    warmup_steps: int = setting(40, minimum=0)
+    weight_decay: float = setting(0.0, minimum=0)
+    max_grad_norm: float = setting(1.0, minimum=0)
+    logging_steps: int = setting(50, minimum=1)
+    seed: int = setting(0, minimum=0)
+    eval_batch_size: int = setting(100, minimum=1)
 
     @classmethod
-    def from_dict(cls, raw: dict | None, source: str = "tasks") -> TaskSettings:
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {sorted(known)}")
-        settings = cls(**raw)
-        settings.validate(source)
-        return settings
+    def from_dict(cls, raw: dict | None, source: str = "tasks", prefix: str = "") -> TaskSettings:
+        return load_settings(cls, raw, source, prefix)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
-    def validate(self, source: str = "tasks") -> None:
-        if not isinstance(self.tasks, list) or not self.tasks:
-            raise UsageError(f"{source}.tasks must be a non-empty list of {list(TASK_NAMES)}, got {self.tasks!r}")
-        for task in self.tasks:
-            if task not in TASK_NAMES:
-                raise UsageError(f"{source}.tasks: unknown task {task!r}; choose from {list(TASK_NAMES)}")
-        ints = ("train_min_length", "train_max_length", "num_test_examples", "hidden_size", "intermediate_size",
-                "num_hidden_layers", "num_attention_heads", "max_steps", "batch_size", "logging_steps", "eval_batch_size")
-        for name in ints:
-            _check_int(f"{source}.{name}", getattr(self, name), 1)
-        _check_int(f"{source}.warmup_steps", self.warmup_steps, 0)
-        _check_int(f"{source}.seed", self.seed, 0)
-        if self.num_key_value_heads is not None:
-            _check_int(f"{source}.num_key_value_heads", self.num_key_value_heads, 1)
+    def validate(self) -> None:
+        """Every field rule and the cross-field checks (for settings built or changed in code)."""
+        check_settings(self)
+
+    def cross_check(self, prefix: str = "") -> None:
         if self.train_min_length > self.train_max_length:
-            raise UsageError(
-                f"{source}.train_min_length ({self.train_min_length}) must be <= train_max_length ({self.train_max_length})"
-            )
-        if not isinstance(self.test_lengths, list) or not self.test_lengths:
-            raise UsageError(f"{source}.test_lengths must be a non-empty list of integers >= 1, got {self.test_lengths!r}")
-        for length in self.test_lengths:
-            _check_int(f"{source}.test_lengths", length, 1)
-        for name in ("lr",):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                raise UsageError(f"{source}.{name} must be a finite number > 0, got {value!r}")
-        for name in ("weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"{source}.{name} must be a number >= 0, got {value!r}")
-        if self.attn_implementation not in ("eager", "sdpa", "flex_attention"):
-            raise UsageError(f"{source}.attn_implementation must be eager, sdpa or flex_attention, got {self.attn_implementation!r}")
+            raise SettingsError(f"{prefix}train_min_length ({self.train_min_length}) must be <= "
+                                f"{prefix}train_max_length ({self.train_max_length})", field=f"{prefix}train_min_length")
 
     @property
     def max_sequence_length(self) -> int:
         """The longest instance trained or tested: the model's max_position_embeddings (learned needs it)."""
         lengths = [*self.test_lengths, self.train_max_length]
         return max(sequence_length(task, length) for task in self.tasks for length in lengths)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 # ---- tokenizer and model --------------------------------------------------------------------------------
@@ -231,7 +197,7 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
             eos_token_id=SYMBOL_IDS[EOS],
         )
     except ValueError as error:
-        raise UsageError(f"invalid task model: {error}") from error
+        raise SettingsError(f"invalid task model: {error}") from error
     model = PosEncForCausalLM(config)
     model.set_attn_implementation(settings.attn_implementation)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
