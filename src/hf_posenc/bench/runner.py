@@ -37,9 +37,9 @@ from .models import (
     train_flops_per_token,
 )
 from .scaling import ScalingJob
-from ..errors import UsageError
+from ..errors import SettingsError
 
-# bf16 dense matmul ceiling used for MFU unless --peak-tflops says otherwise: 8192^3 on an H200 (docs/benchmark.md, reference measurements).
+# bf16 dense matmul ceiling used for MFU unless BenchOptions.peak_tflops says otherwise: 8192^3 on an H200 (docs/benchmark.md, reference measurements).
 DEFAULT_PEAK_TFLOPS = 798.0
 # Timed rounds run even when the time budget is spent (compilation can eat it before the first round).
 MIN_ROUNDS = 3
@@ -358,7 +358,7 @@ def run_benchmark(options: BenchOptions) -> list[dict]:
     """Run the selected sections and return their records (see the module docstring)."""
     unknown = [mode for mode in options.modes if mode not in ("train", "decode", "scaling")]
     if unknown:
-        raise UsageError(f"--modes must be among ['train', 'decode', 'scaling'], got {unknown}")
+        raise SettingsError(f"modes must be among ['train', 'decode', 'scaling'], got {unknown}", field="modes")
     if options.compile_models:
         raise_compile_limit()
     env = environment(options)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from .options import error_message, name_flags
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -89,6 +90,11 @@ def _resolve_device(text: str):
     if text.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {text} was asked for, but torch.cuda.is_available() is False on this machine")
     return torch.device(text)
+
+
+# library argument -> the flag that sets it (for error messages)
+FLAG_NAMES = {"preset": "--preset", "references": "--references", "encodings": "--encodings", "attn": "--attn",
+              "modes": "--modes"}
 
 
 def build_options(args):
@@ -197,6 +203,7 @@ def run(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    name_flags(args, FLAG_NAMES, only_given=False)
     options = build_options(args)
     measured_peak = None
     if args.measure_peak:
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UsageError as error:
-        print(f"hf-posenc bench: error: {error}", file=sys.stderr)
+        print(f"hf-posenc bench: error: {error_message(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
 
 

@@ -53,11 +53,17 @@ def name_flags(args: argparse.Namespace, flag_names: dict[str, str], *, only_giv
 
 
 def error_message(error: SettingsError, flag_names: dict[str, str] | None) -> str:
-    """The error's message, with the flag that set the offending field in place of the field's name."""
+    """The error's message with flags in place of the library names they set (``stride`` -> ``--stride``)."""
     message = str(error)
+    for name, flag in (flag_names or {}).items():
+        message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flag, message)
     flag = (flag_names or {}).get(getattr(error, "field", None) or "")
-    if flag is None:
-        return message
-    pattern = rf"(?<![\w.-]){re.escape(error.field)}(?![\w-])"
-    replaced, count = re.subn(pattern, flag, message, count=1)
-    return replaced if count else f"{flag}: {message}"
+    return f"{flag}: {message}" if flag is not None and flag not in message else message
+
+
+def int_or_text(text: str | None):
+    """A flag's text as an int when it is one; anything else is passed on for the library to refuse by name."""
+    if text is None:
+        return None
+    stripped = text.strip()
+    return int(stripped) if stripped.lstrip("+-").isdigit() else text
