@@ -191,11 +191,11 @@ def _construct(name: str, shape: dict, common: dict):
         LlamaForCausalLM,
     )
 
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..train.step import build_causal_lm
 
     if name.startswith("hf_posenc:"):
         config = PosEncConfig(**shape, **common, position_encoding=name.split(":", 1)[1])
-        model = PosEncForCausalLM(config)
+        model = build_causal_lm(config)
     elif name == "hf:llama":
         config = LlamaConfig(**shape, **common)
         model = LlamaForCausalLM(config)

@@ -195,17 +195,13 @@ def eval_token_ids(tokenizer, data: str | None, *, split: str = "validation", da
 
     Stops once ``max_tokens`` tokens are read (None: the whole split).
     """
-    from ..data.corpus import load_text_dataset
+    from ..data.corpus import document_token_ids, load_text_dataset
 
     dataset = load_text_dataset(data, split, data_config=data_config, text_field=text_field)
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UsageError("the model's tokenizer has no eos_token; it is needed to join documents")
     stream: list[int] = []
     for start in range(0, len(dataset), 64):
-        texts = dataset[start : start + 64]["text"]
-        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-            stream += ids + [eos]
+        for ids in document_token_ids(tokenizer, dataset[start : start + 64]["text"]):
+            stream += ids
         if max_tokens is not None and len(stream) >= max_tokens:
             break
     if max_tokens is not None:

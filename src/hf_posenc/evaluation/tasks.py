@@ -180,7 +180,7 @@ def encode(symbols: Sequence[str]) -> list[int]:
 def build_task_model(position_encoding: str, settings: TaskSettings):
     """A freshly initialized small ``PosEncForCausalLM`` for the tasks (seed first for reproducibility)."""
     from ..model.configuration_hf_posenc import PosEncConfig
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..train.step import build_causal_lm
 
     try:
         config = PosEncConfig(
@@ -198,11 +198,7 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
         )
     except ValueError as error:
         raise SettingsError(f"invalid task model: {error}") from error
-    model = PosEncForCausalLM(config)
-    model.set_attn_implementation(settings.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(config, name))
-    return model
+    return build_causal_lm(config, settings.attn_implementation)
 
 
 # ---- training -------------------------------------------------------------------------------------------
@@ -225,14 +221,17 @@ def training_batch(settings: TaskSettings, rng: random.Random) -> dict[str, torc
 
 def train_task_model(position_encoding: str, settings: TaskSettings, *, device=None, show_progress: bool = True,
                      metrics_path: Path | None = None):
-    """Train one task model; returns ``(model, summary)``. A plain loop: the data is generated per step."""
+    """Train one task model; returns ``(model, summary)``. The training engine's step, in a plain loop (no
+    Accelerate, no checkpoints): the data is generated per step and a run takes minutes."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
+
+    from ..train.step import build_optimizer, optimizer_step
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
     model = build_task_model(position_encoding, settings).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
     rng = random.Random(settings.seed)  # the same instances for every encoding
     rows, interval, last_loss = [], [], None
@@ -241,13 +240,8 @@ def train_task_model(position_encoding: str, settings: TaskSettings, *, device=N
     progress = tqdm(range(1, settings.max_steps + 1), desc=f"tasks {position_encoding}", unit="step", disable=not show_progress)
     for step in progress:
         batch = {k: v.to(device) for k, v in training_batch(settings, rng).items()}
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        if settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = optimizer_step(model, [batch], optimizer, scheduler,
+                                 max_grad_norm=settings.max_grad_norm if settings.max_grad_norm > 0 else None)
         interval.append(loss.item())
         if step % settings.logging_steps == 0 or step == settings.max_steps:
             last_loss = sum(interval) / len(interval)

@@ -37,6 +37,7 @@ from .checkpoints import (
 )
 from ..errors import UsageError
 from .run_config import RunConfig
+from .step import build_causal_lm, build_optimizer, optimizer_step
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -158,10 +159,6 @@ def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batche
 # ---- model and optimizer -----------------------------------------------------------------------------------
 def build_model(run_config: RunConfig, tokenizer):
     """A freshly initialized ``PosEncForCausalLM`` (seed it first) sized to the tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    import hf_posenc  # noqa: F401  (registers the Auto classes)
-
     vocab = len(tokenizer)
     if run_config.model.vocab_size is not None and run_config.model.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={run_config.model.vocab_size} is smaller than the tokenizer's {vocab} tokens")
@@ -171,21 +168,7 @@ def build_model(run_config: RunConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=run_config.model.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    return model
-
-
-def build_optimizer(model, t) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms or embedding tables)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    return build_causal_lm(config, run_config.model.attn_implementation)
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------
@@ -369,7 +352,7 @@ def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_pro
     model = build_model(run_config, data.tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = build_optimizer(model, t)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_epsilon)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
@@ -448,20 +431,13 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
     model.train()
     try:
         while state["step"] < t.max_steps:
-            step_loss = torch.zeros((), device=device)
+            micro_batches = []
             for _ in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
-                with accelerator.accumulate(model):
-                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=device)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().float() / t.gradient_accumulation_steps
-            if not optimizer.step_was_skipped:  # fp16 overflow steps do not advance the schedule
-                scheduler.step()
+                micro_batches.append({"input_ids": input_ids, "labels": input_ids})
+            step_loss, grad_norm = optimizer_step(
+                model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
+            )
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             step = state["step"]
