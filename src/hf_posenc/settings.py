@@ -128,7 +128,10 @@ def _coerce(value, annotation, name: str, source: str):
         return _build(annotation, value, source, f"{name}.")
     elif origin is list:
         if isinstance(value, list):
-            return [_coerce(item, args[0], name, source) for item in value] if args else list(value)
+            try:
+                return [_coerce(item, args[0], name, source) for item in value] if args else list(value)
+            except SettingsError:
+                pass  # the message names the list type and the whole list
     elif origin is dict or annotation is dict:
         if isinstance(value, dict):
             return value
@@ -297,7 +300,7 @@ def suggest(key: str, allowed: list[str]) -> str:
 def type_name(annotation) -> str:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is list:
-        return f"a list of {type_name(args[0])[2:]}s" if args else "a list"
+        return f"a list of {type_name(args[0]).split(' ', 1)[1]}s" if args else "a list"  # "an integer" -> integers
     if args:
         return " or ".join("null" if a is type(None) else type_name(a) for a in args)
     if dataclasses.is_dataclass(annotation):

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ..study.compare import load_compare_config, run_compare
 
     name_flags(args, {"threads": "--threads", "encodings": "--encodings"})
-    name_flags(args, {"overwrite": "--overwrite"}, only_given=False)  # named as the remedy for a stale folder
+    name_flags(args, {"overwrite": "--overwrite", "output_dir": "--output-dir"}, only_given=False)  # remedies, named in errors
     overrides = parse_set(args.overrides)
     if args.encodings:
         overrides["encodings"] = [e.strip() for e in args.encodings.split(",") if e.strip()]

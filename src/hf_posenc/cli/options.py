@@ -53,12 +53,19 @@ def name_flags(args: argparse.Namespace, flag_names: dict[str, str], *, only_giv
 
 
 def error_message(error: SettingsError, flag_names: dict[str, str] | None) -> str:
-    """The error's message with flags in place of the library names they set (``stride`` -> ``--stride``)."""
+    """The error's message with flags in place of the library names they set (``stride`` -> ``--stride``).
+
+    Only an error about a field that a flag sets is rewritten (with every flag-set name it mentions, e.g.
+    "rope_factor needs rope_scaling"); other messages, such as the list of allowed config keys, stay as they are.
+    """
     message = str(error)
-    for name, flag in (flag_names or {}).items():
-        message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", flag, message)
-    flag = (flag_names or {}).get(getattr(error, "field", None) or "")
-    return f"{flag}: {message}" if flag is not None and flag not in message else message
+    flag_names = flag_names or {}
+    flag = flag_names.get(getattr(error, "field", None) or "")
+    if flag is None:
+        return message
+    for name, other_flag in flag_names.items():
+        message = re.sub(rf"(?<![\w.'-]){re.escape(name)}(?![\w'-])", other_flag, message)
+    return message if flag in message else f"{flag}: {message}"
 
 
 def int_or_text(text: str | None):

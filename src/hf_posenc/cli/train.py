@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .options import add_config_arguments, add_progress_argument, parse_set
+from .options import add_config_arguments, add_progress_argument, name_flags, parse_set
 
 
 def register(subparsers) -> None:
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.run_config import load_run_config
     from ..train.engine import TrainingDiverged, train
 
+    name_flags(args, {"output_dir": "--output-dir", "resume": "--resume", "overwrite": "--overwrite"}, only_given=False)
     config = load_run_config(args.config, overrides_from_args(args))
     try:
         summary = train(config, args.output_dir, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)

@@ -283,7 +283,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
                     raise SettingsError(
                         f"{str(saved.parent)!r} holds a {encoding} run with another configuration "
                         f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
-                        "retrain it (overwrite), or choose another output directory", field="overwrite"
+                        "retrain it with overwrite, or choose another output_dir", field="overwrite"
                     )
     if config.threads is not None:
         torch.set_num_threads(config.threads)

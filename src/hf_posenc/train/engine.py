@@ -42,7 +42,7 @@ from .step import build_causal_lm, build_optimizer, optimizer_step
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
 RUN_CONFIG_FILE = "run_config.yaml"
-# Files that mark a folder as holding a run (refused without --resume / overwrite).
+# Files that mark a folder as holding a run (refused unless resuming or overwriting).
 RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, "checkpoints", "model.safetensors", "logs")
 # Sections / fields that must not change when a run is resumed (they fix the model and the data order).
 RESUME_FIXED_SECTIONS = ("model", "data", "tokenizer")
@@ -227,7 +227,7 @@ def _previous_run_artifacts(output_dir: Path, resume: bool, overwrite: bool) -> 
     if existing and not resume and not overwrite:
         raise UsageError(
             f"output directory {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
-            "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
+            "continue it with resume, replace it with overwrite, or choose another output_dir", field="output_dir"
         )
     return [] if resume else existing
 
@@ -240,7 +240,7 @@ def _check_resume_compatible(saved_path: Path, current: RunConfig) -> None:
             changed = sorted(k for k in now[section] if (saved.get(section) or {}).get(k) != now[section][k])
             raise UsageError(
                 f"cannot resume: {', '.join(f'{section}.{k}' for k in changed)} differ(s) from the run in "
-                f"{str(saved_path.parent)!r}; resume with the same config, or start a new --output-dir"
+                f"{str(saved_path.parent)!r}; resume with the same config, or start a new output_dir"
             )
     for key in RESUME_FIXED_TRAINING:
         if saved.get("training", {}).get(key) != now["training"][key]:
@@ -342,7 +342,7 @@ def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_pro
     if checkpoint is not None and saved_config.exists():
         _check_resume_compatible(saved_config, run_config)
     if main:
-        for path in to_delete:  # --overwrite: the earlier run goes only now that the input has been checked
+        for path in to_delete:  # overwrite: the earlier run goes only now that the input has been checked
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         output_dir.mkdir(parents=True, exist_ok=True)
         saved_config.write_text(run_config.to_yaml())
@@ -425,7 +425,7 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             raise TrainingDiverged(
                 f"the training loss or gradient norm became NaN/inf at step {bad} "
                 f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
-                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then --resume or a new run."
+                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then resume or start a new run."
             )
 
     model.train()
