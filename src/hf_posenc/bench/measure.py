@@ -20,7 +20,6 @@ import re
 import resource
 import statistics
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -168,14 +167,6 @@ class DecodeJob:
 
     def persistent_bytes(self) -> int:
         return tensor_bytes(self.model.parameters())
-
-
-@dataclass
-class Measurement:
-    times_s: list[float]
-    warmup_s: list[float]
-    peak_memory_bytes: int | None = None
-    memory_method: str = ""
 
 
 def time_once(job, device: torch.device) -> float:

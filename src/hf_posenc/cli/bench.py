@@ -101,7 +101,7 @@ def build_options(args):
     import torch
 
     from ..bench.runner import DEFAULT_PEAK_TFLOPS, BenchOptions
-    from ..bench.models import ATTN_CHOICES, get_preset, model_names, validate_encodings
+    from ..bench.models import ATTN_CHOICES, MODES, get_preset, model_names, validate_encodings
     from ..model.encodings_hf_posenc import available_position_encodings
 
     device = _resolve_device(args.device)
@@ -126,7 +126,7 @@ def build_options(args):
         references = _list(args.references)
     names = model_names(encodings, references)  # validates --references
     modes = tuple(_list(args.modes))
-    bad_modes = [mode for mode in modes if mode not in ("train", "decode", "scaling")]
+    bad_modes = [mode for mode in modes if mode not in MODES]
     if bad_modes or not modes:
         raise UsageError(f"--modes must be a comma-separated subset of train,decode,scaling, got {args.modes!r}")
 

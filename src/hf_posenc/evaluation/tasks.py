@@ -19,13 +19,12 @@ special tokens; it is saved with the model so the task model folder loads with `
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

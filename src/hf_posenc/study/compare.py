@@ -30,7 +30,6 @@ run with a *different* configuration is refused up front instead of being silent
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import sys

@@ -31,7 +31,6 @@ Outputs: ``DIR/results.md`` (trials sorted by validation loss, best per encoding
 from __future__ import annotations
 
 import copy
-import dataclasses
 import hashlib
 import itertools
 import json

@@ -99,9 +99,6 @@ class TrainingSection:
     cpu_threads: int | None = setting(None, minimum=1)  # torch intra-op threads on CPU (None: torch's default)
 
 
-SECTION_TYPES = {"model": ModelSection, "data": DataSection, "tokenizer": TokenizerSection, "training": TrainingSection}
-
-
 @dataclass
 class RunConfig:
     run_name: str | None = None
