@@ -129,6 +129,10 @@ def test_set_parsing_and_flag_names_belong_to_the_cli():
     assert error_message(from_file, args.flag_names) == "max_tokens must be >= 1, got 0"
     other = SettingsError("unknown key 'x' (allowed: stride)", field="x")
     assert error_message(other, args.flag_names) == "unknown key 'x' (allowed: stride)"
+    remedy = SettingsError("the folder holds a run; continue it with `resume` or choose another `output_dir`",
+                           field="output_dir")
+    flags = {"resume": "--resume", "output_dir": "--output-dir"}
+    assert error_message(remedy, flags) == "the folder holds a run; continue it with --resume or choose another --output-dir"
 
 
 def test_library_errors_name_no_command_line_flags():

@@ -52,19 +52,22 @@ def name_flags(args: argparse.Namespace, flag_names: dict[str, str], *, only_giv
     args.flag_names = known
 
 
-def error_message(error: SettingsError, flag_names: dict[str, str] | None) -> str:
-    """The error's message with flags in place of the library names they set (``stride`` -> ``--stride``).
+def error_message(error: Exception, flag_names: dict[str, str] | None) -> str:
+    """The error's message with flags in place of the library names they set.
 
-    Only an error about a field that a flag sets is rewritten (with every flag-set name it mentions, e.g.
-    "rope_factor needs rope_scaling"); other messages, such as the list of allowed config keys, stay as they are.
+    Library messages start with the offending field (``stride must be ...``) and quote other arguments they
+    mention in backticks (``choose another `output_dir```): both become the flags that set them
+    (``--stride must be ...``, ``choose another --output-dir``). Other text is left alone.
     """
     message = str(error)
     flag_names = flag_names or {}
-    flag = flag_names.get(getattr(error, "field", None) or "")
+    message = re.sub(r"`([\w.]+)`", lambda m: flag_names.get(m.group(1), m.group(0)), message)
+    field = getattr(error, "field", None)
+    flag = flag_names.get(field or "")
     if flag is None:
         return message
-    for name, other_flag in flag_names.items():
-        message = re.sub(rf"(?<![\w.'-]){re.escape(name)}(?![\w'-])", other_flag, message)
+    if message.startswith(field) and not re.match(r"[\w.-]", message[len(field):len(field) + 1]):
+        return flag + message[len(field):]
     return message if flag in message else f"{flag}: {message}"
 
 
