@@ -86,7 +86,7 @@ def read_settings_file(path: str | Path) -> tuple[Any, str]:
 def load_settings(cls, raw: Any, source: str, prefix: str = ""):
     """Build ``cls`` from a nested dict and check every rule; ``prefix`` is the dotted path of a nested section."""
     instance = _build(cls, raw, source, prefix)
-    check_settings(instance, prefix, source)
+    check_settings(instance, prefix)
     return instance
 
 
@@ -165,13 +165,13 @@ def _float_or_none(text: str) -> float | None:
 
 
 # ---- rules ----------------------------------------------------------------------------------------------
-def check_settings(instance, prefix: str = "", source: str | None = None) -> None:
+def check_settings(instance, prefix: str = "") -> None:
     """Check every field rule, then nested sections, then the class's ``cross_check(prefix)``."""
     for spec in dataclasses.fields(instance):
         value = getattr(instance, spec.name)
         name = f"{prefix}{spec.name}"
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            check_settings(value, f"{name}.", source)
+            check_settings(value, f"{name}.")
         rules = spec.metadata.get(_RULES)
         if rules and value is not None:
             _check_rules(name, value, rules)
