@@ -11,6 +11,10 @@ from hf_posenc.model.encodings_hf_posenc import POSITION_ENCODINGS
 from tests.conftest import ENCODINGS, tiny_config
 
 
+def uses_rope(encoding: str) -> bool:
+    return POSITION_ENCODINGS[encoding].uses_rope
+
+
 def test_defaults_are_a_llama_with_rope():
     config = PosEncConfig()
     assert config.model_type == "hf_posenc"
@@ -22,14 +26,13 @@ def test_defaults_are_a_llama_with_rope():
 
 @pytest.mark.parametrize("position_encoding", ENCODINGS)
 def test_save_and_load_round_trip(tmp_path, position_encoding):
-    rotates = POSITION_ENCODINGS[position_encoding].uses_rope  # rope and xpos
-    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0 if rotates else None)
+    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0 if uses_rope(position_encoding) else None)
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, PosEncConfig)
     for field in ("position_encoding", "tie_word_embeddings", "num_key_value_heads", "t5_num_buckets", "head_dim"):
         assert getattr(loaded, field) == getattr(config, field)
-    if rotates:
+    if uses_rope(position_encoding):
         assert loaded.rope_parameters == config.rope_parameters
         assert loaded.rope_parameters["rope_theta"] == 5000.0
     else:  # RoPE parameters exist only where RoPE is used
@@ -90,7 +93,7 @@ def test_error_lists_allowed_encodings():
         tiny_config("absolute")
 
 
-@pytest.mark.parametrize("position_encoding", [e for e in ENCODINGS if not POSITION_ENCODINGS[e].uses_rope])
+@pytest.mark.parametrize("position_encoding", [e for e in ENCODINGS if not uses_rope(e)])
 @pytest.mark.parametrize(
     "option",
     [{"rope_theta": 500.0}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}],

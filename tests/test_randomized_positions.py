@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hf_posenc.errors import UsageError
-from hf_posenc.train.engine import _training_forward, randomized_positions
+from hf_posenc.errors import SettingsError
+from hf_posenc.train.engine import _training_batch, randomized_positions
 from hf_posenc.train.run_config import RunConfig
 from tests.conftest import ENCODINGS, random_tokens, tiny_model
 
@@ -26,7 +26,7 @@ def test_training_forward_uses_the_positions_without_cutting_rows_into_packed_pi
     model = tiny_model(encoding, "sdpa", max_position_embeddings=64)
     ids = random_tokens(batch=2, length=10)
     with torch.no_grad():
-        loss = _training_forward(model, ids, settings, step=3, micro=0, rank=0)
+        loss = model(**_training_batch(ids, settings, step=3, micro=0, rank=0), use_cache=False).loss
         positions = randomized_positions(64, 2, 10, ((0 * 1_000_003 + 3) * 1009 + 0) * 101 + 0)
         ones = torch.ones_like(ids)
         expected = tiny_model(encoding, "eager", max_position_embeddings=64)(
@@ -42,10 +42,10 @@ def test_training_forward_uses_the_positions_without_cutting_rows_into_packed_pi
 
 def test_bad_settings_are_refused_by_name():
     raw = {"data": {"block_size": 32}, "training": {"random_positions_max": 32}}
-    with pytest.raises(UsageError, match=r"training\.random_positions_max must be >= 33, got 32"):
+    with pytest.raises(SettingsError, match=r"training\.random_positions_max must be > data\.block_size \(32\), got 32"):
         RunConfig.from_dict(raw).validate()
     raw = {"model": {"position_encoding": "learned", "max_position_embeddings": 64}, "data": {"block_size": 32},
            "training": {"random_positions_max": 100}}
-    with pytest.raises(UsageError, match=r"training\.random_positions_max=100 is beyond.*max_position_embeddings=64"):
+    with pytest.raises(SettingsError, match=r"training\.random_positions_max=100 is beyond.*max_position_embeddings=64"):
         RunConfig.from_dict(raw).validate()
     RunConfig.from_dict({"data": {"block_size": 32}, "training": {"random_positions_max": 1024}}).validate()

@@ -136,12 +136,12 @@ class PosEncConfig(PreTrainedConfig):
         t5_num_buckets: int = 32,
         t5_max_distance: int = 128,
         sinusoidal_scale: float | None = None,
+        original_max_position_embeddings: int | None = None,
         rope_fraction: float = 1.0,
         alibi_num_heads: int | None = None,
         fire_init_length: int | None = None,
         xpos_scale_base: float = 512.0,
         sandwich_dim: int | None = None,
-        original_max_position_embeddings: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -208,6 +208,7 @@ class PosEncConfig(PreTrainedConfig):
             "rope_theta": None if rope_theta == DEFAULT_ROPE_THETA else rope_theta,
             "rope_scaling": rope_scaling,
             "rope_parameters": None if rope_parameters == LEGACY_DEFAULT_ROPE else rope_parameters,
+            "rope_fraction": None if self.rope_fraction == 1.0 else self.rope_fraction,
         }
         given = {field: value for field, value in given.items() if value is not None}
         if given:

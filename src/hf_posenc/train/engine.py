@@ -42,6 +42,7 @@ from .output_guard import (
     release_output_dir,
 )
 from .run_config import RunConfig
+from .step import build_causal_lm, build_optimizer, optimizer_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,10 +156,6 @@ def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batche
 # ---- model and optimizer -----------------------------------------------------------------------------------
 def build_model(run_config: RunConfig, tokenizer):
     """A freshly initialized ``PosEncForCausalLM`` (seed it first) sized to the tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    import hf_posenc  # noqa: F401  (registers the Auto classes)
-
     vocab = len(tokenizer)
     if run_config.model.vocab_size is not None and run_config.model.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={run_config.model.vocab_size} is smaller than the tokenizer's {vocab} tokens")
@@ -168,21 +165,7 @@ def build_model(run_config: RunConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=run_config.model.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    return model
-
-
-def build_optimizer(model, t) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms or embedding tables)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    return build_causal_lm(config, run_config.model.attn_implementation)
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------
@@ -328,7 +311,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     model = build_model(run_config, data.tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = build_optimizer(model, t)
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_epsilon)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -382,15 +365,16 @@ def randomized_positions(max_position: int, batch: int, length: int, seed: int) 
     return scores.topk(length, dim=-1).indices.sort(dim=-1).values  # (batch, length): random subset, sorted
 
 
-def _training_forward(model, input_ids, t, step: int, micro: int, rank: int):
-    """The training loss of one micro-batch, with randomized positions when the run asks for them."""
+def _training_batch(input_ids, t, step: int, micro: int, rank: int) -> dict:
+    """The model inputs of one micro-batch, with randomized positions when the run asks for them."""
+    batch = {"input_ids": input_ids, "labels": input_ids}
     if t.random_positions_max is None:
-        return model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        return batch
     seed = ((t.seed * 1_000_003 + step) * 1009 + micro) * 101 + rank
-    positions = randomized_positions(t.random_positions_max, *input_ids.shape, seed).to(input_ids.device)
+    batch["position_ids"] = randomized_positions(t.random_positions_max, *input_ids.shape, seed).to(input_ids.device)
     # An all-ones mask: without it transformers reads non-contiguous position_ids as packed sequences.
-    return model(input_ids=input_ids, labels=input_ids, position_ids=positions,
-                 attention_mask=torch.ones_like(input_ids), use_cache=False).loss
+    batch["attention_mask"] = torch.ones_like(input_ids)
+    return batch
 
 
 def _say(main: bool, message: str) -> None:
@@ -429,26 +413,19 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             raise TrainingDiverged(
                 f"the training loss or gradient norm became NaN/inf at step {bad} "
                 f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
-                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then --resume or a new run."
+                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then resume or start a new run."
             )
 
     model.train()
     try:
         while state["step"] < t.max_steps:
-            step_loss = torch.zeros((), device=device)
+            micro_batches = []
             for micro in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
-                with accelerator.accumulate(model):
-                    loss = _training_forward(model, input_ids, t, state["step"], micro, accelerator.process_index)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=device)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().float() / t.gradient_accumulation_steps
-            if not optimizer.step_was_skipped:  # fp16 overflow steps do not advance the schedule
-                scheduler.step()
+                micro_batches.append(_training_batch(input_ids, t, state["step"], micro, accelerator.process_index))
+            step_loss, grad_norm = optimizer_step(
+                model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
+            )
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             step = state["step"]
