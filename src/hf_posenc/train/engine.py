@@ -42,6 +42,7 @@ from .output_guard import (
     release_output_dir,
 )
 from .run_config import RunConfig
+from .sharding import cpu_fsdp_requested, full_tensor, shard_on_cpu, unsharded_copy
 
 
 class TrainingDiverged(RuntimeError):
@@ -328,9 +329,16 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     model = build_model(run_config, data.tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = build_optimizer(model, t)
+    sharded_on_cpu = cpu_fsdp_requested(accelerator)
+    if sharded_on_cpu:  # Accelerate would fall back to DDP on CPU: shard with FSDP2 ourselves
+        model = shard_on_cpu(model)
+        _say(main, f"Sharding the model with torch FSDP2 across {accelerator.num_processes} CPU processes")
+    optimizer = build_optimizer(model, t)  # on the sharded parameters when sharded
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded_on_cpu:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
     if checkpoint is not None:
@@ -422,7 +430,7 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=device)
+                        grad_norm = torch.as_tensor(0.0 if norm is None else full_tensor(norm), device=device)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach().float() / t.gradient_accumulation_steps
@@ -497,10 +505,13 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
 
 def _export(accelerator, model, data, run_config, output_dir: Path, summary: dict) -> None:
     """Write the from_pretrained-ready folder: model + remote code, tokenizer, run config, summary."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP; collective
+    # Full tensors on the main process whatever the wrapping (none, DDP, FSDP); collective under FSDP.
+    state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = unsharded_copy(accelerator.unwrap_model(model), state_dict)
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
         data.tokenizer.save_pretrained(str(output_dir))
         write_run_config(output_dir, run_config.to_dict())
