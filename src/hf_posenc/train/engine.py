@@ -273,6 +273,12 @@ def train(
         _reset_accelerate_singletons()
         raise UsageError(f"cannot set up Accelerate with training.mixed_precision={t.mixed_precision!r}, "
                          f"training.report_to={t.report_to!r}: {error}") from error
+    if run_config.model.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
+        _reset_accelerate_singletons()
+        raise UsageError(
+            "model.attn_implementation='flex_attention' cannot train on CPU: PyTorch's FlexAttention has no backward "
+            "pass there; use 'sdpa' or 'eager' (flex_attention still works for evaluation on CPU and training on GPU)"
+        )
     threads_before = torch.get_num_threads()
     if t.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(t.cpu_threads)

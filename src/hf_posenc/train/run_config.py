@@ -245,7 +245,11 @@ def read_config_file(path: str | Path) -> tuple[Any, str]:
     if not path.is_file():
         raise UsageError(f"config file not found: {str(path)!r}")
     source = f"config file {str(path)!r}"
-    return parse_yaml(path.read_text(), source), source
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{source} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    return parse_yaml(text, source), source
 
 
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
