@@ -52,3 +52,13 @@ def test_flex_attention_training_on_cpu_is_refused_before_any_work(tmp_path, cap
                  "--set", "model.attn_implementation=flex_attention"])
     assert code == 2 and "FlexAttention has no backward pass there" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--output", "--summary", "--plot"])
+def test_a_bench_output_under_a_file_is_refused_before_measuring(tmp_path, capsys, monkeypatch, flag):
+    import hf_posenc.bench.runner as runner
+
+    monkeypatch.setattr(runner, "run_benchmark", lambda options: pytest.fail("measured before checking the output"))
+    (tmp_path / "file").write_text("x")
+    assert main(["bench", "--preset", "tiny", flag, str(tmp_path / "file" / "out.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
