@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -359,7 +358,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "compare_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run_folder.write_study_config(output_dir, config.to_dict())
     timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
     count = len(config.encodings)
@@ -414,10 +413,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
         "reused": reused,
         "torch_threads": torch.get_num_threads(),
     }
-    (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
-    (output_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     markdown = results_markdown(config, records, timings, files, output_dir)
-    (output_dir / "results.md").write_text(markdown)
+    run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
 
 

@@ -45,12 +45,12 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
+from ..run_folder import TRIALS_FILE
 from ..train.run_config import SECTION_TYPES, RunConfig, read_config_file
 
 SEARCH_METHODS = ("grid", "random", "optuna")
 TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "search", "num_trials", "seed", "threads", "space", "run")
 FINISHED = ("ok", "diverged", "invalid")  # statuses that are not retried
-TRIALS_FILE = "trials.jsonl"
 
 
 # ---- the search space -----------------------------------------------------------------------------------

@@ -315,18 +315,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     show = show_progress and main
     with accelerator.main_process_first():  # the main process fills the caches, the others read them
         data = prepare_data(run_config, show_progress=show)
-    global_batch = t.per_device_batch_size * accelerator.num_processes
-    block = run_config.data.block_size
-    if len(data.train_blocks) < global_batch:
-        raise UsageError(
-            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
-            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
-        )
-    if len(data.eval_blocks) < accelerator.num_processes:
-        raise UsageError(
-            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
-            f"tokens, fewer than the {accelerator.num_processes} process(es); use more data or a smaller block_size"
-        )
+    global_batch = _check_data_fits(data, run_config, accelerator.num_processes)
     run_config.model.vocab_size = run_config.model.vocab_size or len(data.tokenizer)
     run_config.output_dir = str(output_dir)
     checkpoint = _read_resume_checkpoint(accelerator, output_dir, run_config, global_batch) if resume else None
@@ -356,15 +345,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     # Every check has passed and the model is built: only now is anything in the output folder changed.
     metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if main:
-        previous.move_aside()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(output_dir, run_config.to_dict())
-        if checkpoint is not None:
-            if metrics.truncate_after(state["step"]):  # rows after the checkpoint are written again
-                _say(main, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
-        else:
-            metrics.path.unlink(missing_ok=True)
-        remove_staging_leftovers(output_dir)
+        _open_output_dir(output_dir, previous, run_config, metrics, state["step"] if checkpoint is not None else None)
     accelerator.wait_for_everyone()
     if trackers:
         accelerator.init_trackers(run_config.run_name or "hf_posenc", config=_flat_hparams(run_config.to_dict()))
@@ -384,6 +365,36 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     if main:
         previous.discard()
     return summary
+
+
+def _check_data_fits(data: PreparedData, run_config: RunConfig, num_processes: int) -> int:
+    """The global batch (rows per micro-step), once the data is known to fill one and every process validates."""
+    global_batch = run_config.training.per_device_batch_size * num_processes
+    block = run_config.data.block_size
+    if len(data.train_blocks) < global_batch:
+        raise UsageError(
+            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
+            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
+        )
+    if len(data.eval_blocks) < num_processes:
+        raise UsageError(
+            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
+            f"tokens, fewer than the {num_processes} process(es); use more data or a smaller block_size"
+        )
+    return global_batch
+
+
+def _open_output_dir(output_dir: Path, previous: PreviousRun, run_config: RunConfig, metrics: MetricsLog,
+                     resumed_step: int | None) -> None:
+    """Main process, after every check: set the earlier run aside, write the run config, trim the metrics."""
+    previous.move_aside()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(output_dir, run_config.to_dict())
+    if resumed_step is None:
+        metrics.path.unlink(missing_ok=True)
+    elif metrics.truncate_after(resumed_step):  # rows after the checkpoint are written again
+        _say(True, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
+    remove_staging_leftovers(output_dir)
 
 
 def _say(main: bool, message: str) -> None:
