@@ -62,3 +62,12 @@ def test_a_bench_output_under_a_file_is_refused_before_measuring(tmp_path, capsy
     (tmp_path / "file").write_text("x")
     assert main(["bench", "--preset", "tiny", flag, str(tmp_path / "file" / "out.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_compare_output_dir_under_a_file_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import hf_posenc.train.engine as engine
+
+    monkeypatch.setattr(engine, "train", lambda *a, **k: pytest.fail("trained before checking the output"))
+    (tmp_path / "file").write_text("x")
+    assert main(["compare", "--output-dir", str(tmp_path / "file" / "study"), "--no-progress"]) == 2
+    assert "compare output directory" in capsys.readouterr().err

@@ -342,7 +342,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     from ..run_folder import SUMMARY_FILE
     from ..train.engine import train
 
-    output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
+    output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
+                                               "compare output directory")
     runs = {encoding: config.run_config_for(encoding, output_dir / encoding) for encoding in config.encodings}
     if not overwrite:  # refuse stale folders before any work starts
         for encoding, run in runs.items():
