@@ -158,3 +158,11 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(base, tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file, not a folder"):
         train(config, tmp_path / "file" / "run", show_progress=False)
+
+
+def test_a_checkpoint_without_this_process_rng_state_resumes_and_says_so(run, capsys):
+    config, folder = run
+    (folder / "checkpoints" / "checkpoint-4" / "rng_state_0.safetensors").unlink()  # as if written by other ranks
+    capsys.readouterr()
+    train(config, folder, resume=True, show_progress=False)
+    assert "has no RNG state for process 0" in capsys.readouterr().err

@@ -337,7 +337,8 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
     if checkpoint is not None:
-        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler))
+        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      say=lambda text: print(text, file=sys.stderr, flush=True)))
         _say(main, f"Resuming from {checkpoint.path} (step {state['step']})")
     elif resume:
         _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
