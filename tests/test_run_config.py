@@ -9,7 +9,8 @@ import torch
 
 from hf_posenc import PosEncConfig, PosEncForCausalLM
 from hf_posenc.errors import UsageError
-from hf_posenc.train.run_config import ModelSection, RunConfig, load_run_config, parse_set_arguments
+from hf_posenc.cli.options import parse_set
+from hf_posenc.train.run_config import ModelSection, RunConfig, load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -46,7 +47,7 @@ def test_overrides_are_typed_and_parsed(tmp_path):
     path = write(tmp_path, "training:\n  lr: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string: still a float here
     config = load_run_config(
         path,
-        parse_set_arguments(
+        parse_set(
             ["training.max_steps=7", "training.lr=2e-4", "model.rope_scaling={rope_type: linear, factor: 2.0}",
              "data.name=123", "data.config=null", "training.eval_max_batches=null", "model.tie_word_embeddings=true"]
         ),
@@ -105,7 +106,7 @@ def test_missing_config_file_and_bad_set_syntax(tmp_path):
     with pytest.raises(UsageError, match="config file not found"):
         load_run_config(tmp_path / "nope.yaml")
     with pytest.raises(UsageError, match="--set expects key=value"):
-        parse_set_arguments(["training.lr"])
+        parse_set(["training.lr"])
 
 
 def test_model_config_carries_fields_and_special_tokens():

@@ -413,9 +413,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is a file, not a folder", field=what)
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is not writable")
+        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is not writable", field=what)
     return path
 
 
@@ -456,7 +456,7 @@ class RunLock:
             handle.close()
             raise UsageError(
                 f"output directory {str(self.path.parent)!r} is in use by another run ({holder}); wait for it to "
-                "finish or stop it, or choose another --output-dir"
+                "finish or stop it, or choose another `output_dir`", field="output_dir"
             ) from None
         except OSError:  # no flock on this filesystem: work unlocked rather than not at all
             handle.close()

@@ -249,7 +249,8 @@ def refuse_pickle_checkpoint(path: Path) -> None:
         raise UsageError(
             f"cannot resume from {str(path)!r}: it holds pickle files ({', '.join(pickles)}) written by an older "
             "hf_posenc release; loading a pickle can run arbitrary code, so hf_posenc never does. Start a new run "
-            "(--overwrite or another --output-dir); the exported model.safetensors of that run stays usable"
+            "(`overwrite`, or another `output_dir`); the exported model.safetensors of that run stays usable",
+            field="output_dir",
         )
 
 

@@ -43,6 +43,7 @@ from .output_guard import (
 )
 from .run_config import RunConfig
 from .sharding import cpu_fsdp_requested, full_tensor, shard_on_cpu, unsharded_copy
+from .step import build_causal_lm, build_optimizer, optimizer_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,10 +157,6 @@ def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batche
 # ---- model and optimizer -----------------------------------------------------------------------------------
 def build_model(run_config: RunConfig, tokenizer):
     """A freshly initialized ``PosEncForCausalLM`` (seed it first) sized to the tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    import hf_posenc  # noqa: F401  (registers the Auto classes)
-
     vocab = len(tokenizer)
     if run_config.model.vocab_size is not None and run_config.model.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={run_config.model.vocab_size} is smaller than the tokenizer's {vocab} tokens")
@@ -169,21 +166,7 @@ def build_model(run_config: RunConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=run_config.model.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    return model
-
-
-def build_optimizer(model, t) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms or embedding tables)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    return build_causal_lm(config, run_config.model.attn_implementation)
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------
@@ -328,7 +311,8 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     if sharded_on_cpu:  # Accelerate would fall back to DDP on CPU: shard with FSDP2 ourselves
         model = shard_on_cpu(model)
         _say(main, f"Sharding the model with torch FSDP2 across {accelerator.num_processes} CPU processes")
-    optimizer = build_optimizer(model, t)  # on the sharded parameters when sharded
+    # on the sharded parameters when sharded
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_epsilon)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     if sharded_on_cpu:
         optimizer = accelerator.prepare(optimizer)
@@ -434,26 +418,20 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             raise TrainingDiverged(
                 f"the training loss or gradient norm became NaN/inf at step {bad} "
                 f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
-                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then --resume or a new run."
+                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then resume or start a new run."
             )
 
     model.train()
     try:
         while state["step"] < t.max_steps:
-            step_loss = torch.zeros((), device=device)
+            micro_batches = []
             for _ in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
-                with accelerator.accumulate(model):
-                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = torch.as_tensor(0.0 if norm is None else full_tensor(norm), device=device)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().float() / t.gradient_accumulation_steps
-            if not optimizer.step_was_skipped:  # fp16 overflow steps do not advance the schedule
-                scheduler.step()
+                micro_batches.append({"input_ids": input_ids, "labels": input_ids})
+            step_loss, grad_norm = optimizer_step(
+                model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
+            )
+            grad_norm = full_tensor(grad_norm)  # a DTensor when the parameters are sharded
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             step = state["step"]
@@ -530,6 +508,8 @@ def _export(accelerator, model, data, run_config, output_dir: Path, summary: dic
     state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
         unwrapped = unsharded_copy(accelerator.unwrap_model(model), state_dict)
+        # The trained context length, in config.json for evaluators (lm-evaluation-harness) and our own tools.
+        unwrapped.config.original_max_position_embeddings = run_config.data.block_size
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
         data.tokenizer.save_pretrained(str(output_dir))
         write_run_config(output_dir, run_config.to_dict())
