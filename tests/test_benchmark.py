@@ -185,7 +185,7 @@ def test_targets_on_gpu_records():
 
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "huge"], "--preset must be one of"),
-    (["--encodings", "rope,xpos"], "--encodings must be among"),
+    (["--encodings", "rope,rotary"], "--encodings must be among"),
     (["--references", "hf:t5"], "--references must be among"),
     (["--modes", "train,serve"], "--modes must be"),
     (["--attn", "flash"], "--attn must be one of"),
