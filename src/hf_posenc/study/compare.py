@@ -43,12 +43,11 @@ from .. import run_folder
 from ..errors import SettingsError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES
 from ..evaluation.tasks import TaskSettings
-from ..model.encodings_hf_posenc import available_position_encodings
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, available_position_encodings
 from ..settings import apply_overrides, load_settings, parse_yaml, read_settings_file, setting, to_dict
 from ..train.run_config import RunConfig
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
-DEFAULT_ENCODINGS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope")
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
@@ -156,8 +155,10 @@ class FigureSettings:
 class CompareConfig:
     name: str | None = None  # None: the config file's stem
     output_dir: str | None = None
-    encodings: list[str] = setting(default_factory=lambda: list(DEFAULT_ENCODINGS), choices=available_position_encodings,
-                                   label="position encoding", non_empty=True, unique=True)
+    # absent from the file: every built-in encoding
+    encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
+                                   choices=available_position_encodings, label="position encoding", non_empty=True,
+                                   unique=True)
     threads: int | None = setting(None, minimum=1)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)

@@ -54,7 +54,17 @@ class ModelSection:
     t5_num_buckets: int = 32
     t5_max_distance: int = 128
     sinusoidal_scale: float | None = None
+    rope_fraction: float = 1.0
+    alibi_num_heads: int | None = None
+    fire_init_length: int | None = None
+    xpos_scale_base: float = 512.0
+    sandwich_dim: int | None = None
+    extra_config: dict | None = None  # further PosEncConfig arguments, e.g. those of a registered encoding
     attn_implementation: str = setting("sdpa", choices=ATTENTION_CHOICES)  # chosen when the model is built
+
+    # set by training, never by a run config
+    NOT_CONFIGURABLE = ("pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "hidden_act", "rope_parameters",
+                        "original_max_position_embeddings")
 
 
 @dataclass
@@ -141,7 +151,8 @@ class RunConfig:
         """The ``PosEncConfig`` of this run; PosEncConfig's ValueErrors become SettingsErrors naming the section."""
         from ..model.configuration_hf_posenc import PosEncConfig
 
-        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "attn_implementation"}
+        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in ("attn_implementation", "extra_config")}
+        fields.update(self.model.extra_config or {})
         fields["vocab_size"] = fields["vocab_size"] or vocab_size
         fields.update(special_token_ids)
         try:
