@@ -62,6 +62,9 @@ class PosEncConfig(PreTrainedConfig):
         sinusoidal_scale (`float`, *optional*):
             Multiplier of the sinusoidal table. ``None`` matches the table's RMS to the token embeddings' RMS
             at initialization (``initializer_range * sqrt(2)``).
+        cope_max_positions (`int`, defaults to 64):
+            CoPE: size of each layer's table of position embeddings; contextual positions (counts of gated
+            tokens, not of tokens) are clamped below it, so it can be much smaller than the context.
     """
 
     model_type = "hf_posenc"
@@ -93,6 +96,7 @@ class PosEncConfig(PreTrainedConfig):
         t5_num_buckets: int = 32,
         t5_max_distance: int = 128,
         sinusoidal_scale: float | None = None,
+        cope_max_positions: int = 64,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -116,6 +120,7 @@ class PosEncConfig(PreTrainedConfig):
         self.t5_num_buckets = t5_num_buckets
         self.t5_max_distance = t5_max_distance
         self.sinusoidal_scale = sinusoidal_scale
+        self.cope_max_positions = cope_max_positions
         self.rope_parameters = self._merge_rope_arguments(rope_theta, rope_scaling, rope_parameters)
         self._validate_architecture()
         if self.head_dim is None:
@@ -178,6 +183,7 @@ class PosEncConfig(PreTrainedConfig):
         _require_real("attention_dropout", self.attention_dropout, 0.0, inclusive=True, maximum=1.0)
         _require_int("t5_num_buckets", self.t5_num_buckets, minimum=2)
         _require_int("t5_max_distance", self.t5_max_distance, minimum=self.t5_num_buckets // 2 + 1)
+        _require_int("cope_max_positions", self.cope_max_positions, minimum=2)
         if self.sinusoidal_scale is not None:
             _require_real("sinusoidal_scale", self.sinusoidal_scale, 0.0)
         for field in ("pad_token_id", "bos_token_id"):

@@ -4,7 +4,9 @@ An encoding may act at three points of the decoder (all hooks default to "do not
 
 1. ``input_embedding``: a tensor added to the token embeddings (sinusoidal, learned);
 2. ``rotary``: the (cos, sin) pair that rotates queries and keys (rope);
-3. ``score_bias``: a function ``bias(head, query_pos, key_pos)`` added to the attention scores (alibi, t5_bias).
+3. ``score_bias``: a function ``bias(head, query_pos, key_pos)`` added to the attention scores (alibi, t5_bias);
+4. ``data_dependent_bias``: a per-layer module that sees the layer's inputs, queries and keys (fox, cope); it
+   lives in ``data_dependent_hf_posenc.py`` with the cache handling it needs.
 
 The model calls each hook once per forward and hands the result to every layer. ``score_bias`` returns a
 function of index tensors rather than a tensor so that one definition serves both the dense path (eager /
@@ -23,6 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+
+from .data_dependent_hf_posenc import ContextualPositionBias, DataDependentBias, ForgetGateBias
 
 # bias(head, query_pos, key_pos) -> additive score bias; arguments broadcast against each other.
 ScoreBiasFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,6 +61,15 @@ class PositionEncoding(nn.Module):
 
         ``query_pos`` and ``key_pos`` are indices into the key/value sequence (the cache included); only
         their difference should matter. ``key_length`` bounds every index, so tables can be precomputed.
+        """
+        return None
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx: int) -> DataDependentBias | None:
+        """The module that layer ``layer_idx``'s attention calls with its inputs, queries and keys, or ``None``.
+
+        A classmethod because each attention layer builds its own (the parameters are per layer); see
+        ``DataDependentBias`` for the three methods a data-dependent encoding overrides.
         """
         return None
 
@@ -249,6 +262,22 @@ class T5BiasPositionEncoding(PositionEncoding):
         return bias
 
 
+class ForgettingPositionEncoding(PositionEncoding):
+    """FoX (Lin et al., 2025): a learned per-head forget gate decays attention to the past; see ForgetGateBias."""
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx):
+        return ForgetGateBias(config, layer_idx)
+
+
+class ContextualPositionEncoding(PositionEncoding):
+    """CoPE (Golovneva et al., 2024): positions counted by gates on q . k; see ContextualPositionBias."""
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx):
+        return ContextualPositionBias(config, layer_idx)
+
+
 # The registry: an explicit dict, filled here and by ``register_position_encoding``.
 POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "sinusoidal": SinusoidalPositionEncoding,
@@ -257,6 +286,8 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "alibi": AlibiPositionEncoding,
     "t5_bias": T5BiasPositionEncoding,
     "nope": NoPositionEncoding,
+    "fox": ForgettingPositionEncoding,
+    "cope": ContextualPositionEncoding,
 }
 
 
@@ -283,7 +314,7 @@ def register_position_encoding(name: str, encoding_class: type[PositionEncoding]
 
 
 def unregister_position_encoding(name: str) -> None:
-    """Remove a user-registered encoding (the six built-in ones cannot be removed)."""
+    """Remove a user-registered encoding (the built-in ones cannot be removed)."""
     if name in BUILTIN_POSITION_ENCODINGS:
         raise ValueError(f"{name!r} is a built-in position encoding and cannot be unregistered")
     POSITION_ENCODINGS.pop(name, None)
