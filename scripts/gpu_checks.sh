@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for the speed issue (issue 6), one run of under 8 minutes on one H100 / H200.
+# GPU checks for the speed targets of docs/benchmark.md, one run of under 8 minutes on one H100 / H200.
 #
 #   OUT=/path/to/results bash scripts/gpu_checks.sh          # on the GPU machine, from the repository root
 #   GPU_CHECKS_DRY_RUN=1 OUT=/tmp/x bash scripts/gpu_checks.sh  # on CPU: tiny model, short lengths (tests the script)

@@ -31,7 +31,7 @@ FAST_FLAGS = [
 
 
 def test_flops_reproduce_the_anchor_mfu():
-    """ANCHORS.md: transformers' Llama (134M) on an H200 at 798 TFLOP/s: 259.8k tok/s = 29.9%, 381.2k = 43.8%."""
+    """Reference measurements (docs/benchmark.md): transformers' Llama (134M) on an H200 at 798 TFLOP/s: 259.8k tok/s = 29.9%, 381.2k = 43.8%."""
     shape = PRESETS["small-125m"].shape
     with torch.device("meta"):  # shapes only: no memory, no initialization cost
         llama = build_model("hf:llama", shape, "sdpa", torch.device("meta"), torch.float32)

@@ -234,7 +234,7 @@ def train_flops_per_token(num_parameters: int, num_layers: int, attention_width:
     """Training FLOPs per token: 6 N for the weights plus 6 * layers * width * seq for causal attention.
 
     The attention term is the PaLM appendix's 12 * layers * width * seq halved for the causal mask. With N
-    counting every parameter this reproduces ANCHORS.md's MFU figures for transformers' Llama (29.9% and
+    counting every parameter this reproduces the reference MFU figures (docs/benchmark.md) for transformers' Llama (29.9% and
     43.8% at 259.8k and 381.2k tokens/s on an H200 rated 798 TFLOP/s).
     """
     return 6.0 * num_parameters + 6.0 * num_layers * attention_width * seq_len

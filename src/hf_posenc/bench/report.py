@@ -1,4 +1,4 @@
-"""Presenting benchmark records: ratios, the printed tables, the issue's targets, JSON and the scaling plot."""
+"""Presenting benchmark records: ratios, the printed tables, the speed targets, JSON and the scaling plot."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 # On CPU (tiny): rope >= 1.0x hf:llama, every encoding >= 0.8x nope.
 GPU_MIN_RATIO_VS_NOPE = 0.9
 CPU_MIN_RATIO_VS_NOPE = 0.8
-DECODE_BASELINE_TOKENS_PER_S = 17.0  # ANCHORS.md: transformers' generate, batch 1, H200
+DECODE_BASELINE_TOKENS_PER_S = 17.0  # transformers' generate, batch 1, H200 (docs/benchmark.md, reference measurements)
 DECODE_MIN_SPEEDUP = 5.0
 MIN_MFU = 0.45
 LONG_EVAL_TOKENS = 16384

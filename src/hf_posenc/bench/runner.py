@@ -39,7 +39,7 @@ from .models import (
 from .scaling import ScalingJob
 from ..errors import UsageError
 
-# bf16 dense matmul ceiling used for MFU unless --peak-tflops says otherwise: ANCHORS.md, 8192^3 on an H200.
+# bf16 dense matmul ceiling used for MFU unless --peak-tflops says otherwise: 8192^3 on an H200 (docs/benchmark.md, reference measurements).
 DEFAULT_PEAK_TFLOPS = 798.0
 # Timed rounds run even when the time budget is spent (compilation can eat it before the first round).
 MIN_ROUNDS = 3

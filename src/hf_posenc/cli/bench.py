@@ -70,7 +70,7 @@ def register(subparsers) -> None:
     parser.add_argument("--scaling-encodings", default=None, help="encodings for the scaling table (default: --encodings)")
     parser.add_argument("--scaling-kinds", default="eval,train", help="eval (forward, no grad) and/or train (forward+backward)")
     parser.add_argument("--scaling-repeats", type=int, default=2, help="timed passes per length")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 ceiling for MFU (default 798: ANCHORS.md, H200)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 ceiling for MFU (default 798: an H200's bf16 matmul, docs/benchmark.md)")
     parser.add_argument("--measure-peak", action="store_true", help="measure the 8192^3 matmul ceiling and use it for MFU")
     parser.add_argument("--time-budget-s", type=float, default=None, help="stop timing new rounds / lengths after this")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")

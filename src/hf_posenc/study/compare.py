@@ -15,7 +15,7 @@ A compare config (YAML) has these keys (``configs/compare-tiny.yaml`` is the emb
 Output directory::
 
     DIR/<encoding>/            model folder (hf-posenc train) with eval.json (hf-posenc eval)
-    DIR/<encoding>/eval_rope-<type>.json   extra evaluations of the rope model with eval-time RoPE scaling
+    DIR/<encoding>/eval_variants/rope-<type>.json   evaluations of the rope model with eval-time RoPE scaling
     DIR/tasks/<encoding>/      task model, with eval.json holding its task accuracies
     DIR/results.json           list of records (record_type perplexity | task | training)
     DIR/results.md             markdown tables; DIR/timings.json: wall and CPU time per phase
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import run_folder
 from ..errors import UsageError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES, parse_lengths
 from ..train.run_config import RunConfig, parse_yaml, read_config_file
@@ -280,7 +281,7 @@ def _figure_settings(raw, source: str) -> FigureSettings:
 # ---- reuse of finished work -----------------------------------------------------------------------------
 def run_config_differences(saved_path: Path, current: RunConfig) -> list[str]:
     """Dotted keys where a saved run_config.yaml differs from ``current`` (vocab_size filled in by training is ignored)."""
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = run_folder.read_run_config(saved_path.parent) or {}
     now = current.to_dict()
     differences = []
     for section in ("model", "data", "tokenizer", "training"):
@@ -296,7 +297,7 @@ def run_config_differences(saved_path: Path, current: RunConfig) -> list[str]:
 def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_scaling: str | None) -> bool:
     if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
         return False
-    saved = json.loads(path.read_text())
+    saved = run_folder.read_eval(path)
     scaling = saved.get("rope_scaling") or {}
     return (
         [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths
@@ -339,7 +340,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
 
     from ..evaluation.perplexity import evaluate_model_dir
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
-    from ..train.engine import SUMMARY_FILE, train
+    from ..run_folder import SUMMARY_FILE
+    from ..train.engine import train
 
     output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
     runs = {encoding: config.run_config_for(encoding, output_dir / encoding) for encoding in config.encodings}
@@ -376,7 +378,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
                 train(runs[encoding], model_dir, resume=partial, overwrite=overwrite, show_progress=show_progress)
         scalings = [None] + (list(config.eval.rope_scaling) if encoding == "rope" else [])
         for scaling in scalings:
-            path = model_dir / ("eval.json" if scaling is None else f"eval_rope-{scaling}.json")
+            path = run_folder.default_eval_path(model_dir, None if scaling is None else f"rope-{scaling}")
             if not overwrite and _eval_is_current(path, summary, config.eval, scaling):
                 reused["eval"].append(encoding if scaling is None else f"{encoding}+{scaling}")
                 continue
@@ -424,12 +426,12 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
     records = []
     for encoding in config.encodings:
         model_dir = output_dir / encoding
-        summary = json.loads((model_dir / "train_summary.json").read_text())
-        paths = [model_dir / "eval.json"]
+        summary = run_folder.read_train_summary(model_dir) or {}
+        paths = [run_folder.default_eval_path(model_dir, None)]
         if encoding == "rope":
-            paths += [model_dir / f"eval_rope-{scaling}.json" for scaling in config.eval.rope_scaling]
+            paths += [run_folder.default_eval_path(model_dir, f"rope-{scaling}") for scaling in config.eval.rope_scaling]
         for path in paths:
-            evaluation = json.loads(path.read_text())
+            evaluation = run_folder.read_eval(path, encoding)
             scaling = evaluation.get("rope_scaling")
             label = encoding if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
             for row in evaluation["results"]:
@@ -459,7 +461,7 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
         })
         task_eval = output_dir / "tasks" / encoding / "eval.json"
         if config.tasks is not None and not skip_tasks and task_eval.is_file():
-            for row in json.loads(task_eval.read_text())["tasks"]:
+            for row in run_folder.read_eval(task_eval, encoding)["tasks"]:
                 records.append({
                     "record_type": "task",
                     "position_encoding": encoding,
