@@ -1,10 +1,13 @@
 """Cache and generation: incremental decoding == full forward, generate with and without cache agree,
 left-padded rows == unpadded rows, both cache keywords, lengths beyond max_position_embeddings."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
+from hf_posenc.model.modeling_hf_posenc import CACHE_KWARG
 from tests.conftest import cache_of, random_tokens, tiny_model
 
 
@@ -34,8 +37,18 @@ def test_both_cache_keywords_are_accepted(encoding):
             model(ids[:, :5], use_cache=True, **{keyword: cache})
             step = model(ids[:, 5:], use_cache=True, **{keyword: cache}).logits
             torch.testing.assert_close(step, full[:, 5:], atol=1e-5, rtol=1e-5)
-        with pytest.raises(ValueError, match="either `cache` or `past_key_values`"):
+        with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
             model(ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+
+
+@pytest.mark.skipif(CACHE_KWARG != "cache", reason="before transformers 5.24 `past_key_values` is the current name")
+def test_old_cache_keyword_warns_like_llama():
+    model = tiny_model("rope")
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        model(random_tokens(batch=1, length=4), past_key_values=DynamicCache(config=model.config), use_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(random_tokens(batch=1, length=4), cache=DynamicCache(config=model.config), use_cache=True)
 
 
 def greedy(model, ids, mask=None, **kwargs):

@@ -79,6 +79,8 @@ def test_output_dir_follows_the_model_directory_contract_and_the_loss_falls(corp
     assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"]["kind"] == "local"
     assert summary["data"]["description"].startswith("local: ")
     assert summary["num_parameters"] > 0 and summary["train_runtime_s"] > 0
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["original_max_position_embeddings"] == 32  # the trained context length, for evaluators
 
     resolved = load_run_config(out / "run_config.yaml")
     assert resolved.model.vocab_size == 300 and resolved.data.block_size == 32

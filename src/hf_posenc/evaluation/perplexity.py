@@ -130,7 +130,8 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
                                     train_summary=run_folder.read_train_summary(path))
     data = (records.run_config or {}).get("data")
     data = data if isinstance(data, dict) else {}
-    train_length = records.train_length
+    # recorded by training in config.json; folders written before it fall back to the run records
+    train_length = config.trained_context_length or records.train_length
     return ModelDirInfo(
         path=path,
         config=config,

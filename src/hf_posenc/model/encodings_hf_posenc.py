@@ -38,9 +38,12 @@ class PositionEncoding(nn.Module):
     Attributes:
         max_positions: the largest number of positions the encoding can represent, or ``None`` when it
             works at any length. Evaluation and training use it to refuse lengths early.
+        uses_rope: whether the encoding reads ``config.rope_parameters`` (transformers' RoPE utilities). The
+            config keeps RoPE parameters only for such encodings and refuses RoPE options on any other.
     """
 
     max_positions: int | None = None
+    uses_rope: bool = False
     # Triton block sizes for FlexAttention on GPU (its ``kernel_options``), or None for torch's defaults.
     flex_kernel_options: dict | None = None
 
@@ -177,6 +180,8 @@ class RotaryFrequencies(nn.Module):
 
 class RotaryPositionEncoding(PositionEncoding):
     """RoPE (Su et al., 2021): rotate queries and keys by position-dependent angles."""
+
+    uses_rope = True
 
     def __init__(self, config):
         super().__init__(config)

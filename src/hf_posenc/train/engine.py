@@ -501,6 +501,8 @@ def _export(accelerator, model, data, run_config, output_dir: Path, summary: dic
     state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP; collective
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        # The trained context length, in config.json for evaluators (lm-evaluation-harness) and our own tools.
+        unwrapped.config.original_max_position_embeddings = run_config.data.block_size
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
         data.tokenizer.save_pretrained(str(output_dir))
         write_run_config(output_dir, run_config.to_dict())
