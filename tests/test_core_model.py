@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_posenc import PosEncForCausalLM, PosEncForSequenceClassification, PosEncModel
-from tests.conftest import random_tokens, tiny_config, tiny_model
+from tests.conftest import EXTRAPOLATING_ENCODINGS, random_tokens, tiny_config, tiny_model
 
 
 def test_shapes(encoding):
@@ -127,7 +127,7 @@ def test_learned_refuses_positions_beyond_its_table():
         model(random_tokens(length=17))
 
 
-@pytest.mark.parametrize("encoding", ["sinusoidal", "rope", "alibi", "t5_bias", "nope"])
+@pytest.mark.parametrize("encoding", EXTRAPOLATING_ENCODINGS)
 def test_other_encodings_run_beyond_max_position_embeddings(encoding):
     model = tiny_model(encoding, max_position_embeddings=16)
     with torch.no_grad():

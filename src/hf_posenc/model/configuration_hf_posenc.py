@@ -52,7 +52,8 @@ class PosEncConfig(PreTrainedConfig):
         attention_dropout, tie_word_embeddings, pad_token_id, bos_token_id, eos_token_id, use_cache:
             As in ``LlamaConfig``. ``num_key_value_heads`` < ``num_attention_heads`` gives grouped-query attention.
         position_encoding (`str`, defaults to ``"rope"``):
-            One of ``"sinusoidal"``, ``"learned"``, ``"rope"``, ``"alibi"``, ``"t5_bias"``, ``"nope"``, or a
+            One of ``"sinusoidal"``, ``"learned"``, ``"rope"``, ``"alibi"``, ``"t5_bias"``, ``"nope"``,
+            ``"kerple_log"``, ``"kerple_power"``, ``"fire"``, ``"xpos"``, ``"sandwich"``, ``"dynamic_bias"``, or a
             name added with ``hf_posenc.register_position_encoding``.
         rope_theta (`float`, *optional*, defaults to 10000.0 for RoPE encodings):
             RoPE base. Stored, as transformers 5 does, in ``rope_parameters["rope_theta"]``. The three RoPE
@@ -79,6 +80,18 @@ class PosEncConfig(PreTrainedConfig):
         cope_max_positions (`int`, defaults to 64):
             CoPE: size of each layer's table of position embeddings; contextual positions (counts of gated
             tokens, not of tokens) are clamped below it, so it can be much smaller than the context.
+        rope_fraction (`float`, defaults to 1.0):
+            p-RoPE (rope, xpos): rotate only the highest ``rope_fraction`` of the frequencies; the rest carry no
+            position. In (0, 1]; 1 is plain RoPE.
+        alibi_num_heads (`int`, *optional*):
+            ALiBi on the first ``alibi_num_heads`` heads only (slopes computed for that many heads); the other
+            heads get no position signal. ``None``: every head.
+        fire_init_length (`int`, *optional*):
+            Initial value of FIRE's learned length ``L``. ``None``: ``max_position_embeddings``.
+        xpos_scale_base (`float`, defaults to 512.0):
+            xPos' gamma: the scale is ``zeta ** (n / gamma)``.
+        sandwich_dim (`int`, *optional*):
+            Channels ``d'`` of the sinusoidal embeddings whose inner product is Sandwich's bias. ``None``: ``hidden_size``.
     """
 
     model_type = "hf_posenc"
@@ -128,6 +141,11 @@ class PosEncConfig(PreTrainedConfig):
         sinusoidal_scale: float | None = None,
         cope_max_positions: int = 64,
         original_max_position_embeddings: int | None = None,
+        rope_fraction: float = 1.0,
+        alibi_num_heads: int | None = None,
+        fire_init_length: int | None = None,
+        xpos_scale_base: float = 512.0,
+        sandwich_dim: int | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -156,6 +174,11 @@ class PosEncConfig(PreTrainedConfig):
             # Only set when known: transformers' RoPE standardization copies the attribute whenever it exists.
             _require_int("original_max_position_embeddings", original_max_position_embeddings)
             self.original_max_position_embeddings = original_max_position_embeddings
+        self.rope_fraction = rope_fraction
+        self.alibi_num_heads = alibi_num_heads
+        self.fire_init_length = fire_init_length
+        self.xpos_scale_base = xpos_scale_base
+        self.sandwich_dim = sandwich_dim
         self._validate_architecture()
         if self.head_dim is None:
             self.head_dim = hidden_size // num_attention_heads
@@ -256,10 +279,28 @@ class PosEncConfig(PreTrainedConfig):
         _require_int("cope_max_positions", self.cope_max_positions, minimum=2)
         if self.sinusoidal_scale is not None:
             _require_real("sinusoidal_scale", self.sinusoidal_scale, 0.0)
+        self._validate_encoding_options()
         for field in ("pad_token_id", "bos_token_id"):
             value = getattr(self, field)
             if value is not None:
                 _require_int(field, value, minimum=0)
+
+    def _validate_encoding_options(self) -> None:
+        fraction = self.rope_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, Real) or not 0 < fraction <= 1:
+            raise ValueError(f"rope_fraction must be a number in (0, 1] (the fraction of RoPE frequencies kept), got {fraction!r}")
+        if self.alibi_num_heads is not None:
+            _require_int("alibi_num_heads", self.alibi_num_heads)
+            if self.alibi_num_heads > self.num_attention_heads:
+                raise ValueError(
+                    f"alibi_num_heads must be <= num_attention_heads ({self.num_attention_heads}), got {self.alibi_num_heads}"
+                )
+        for field in ("fire_init_length", "sandwich_dim"):
+            if getattr(self, field) is not None:
+                _require_int(field, getattr(self, field))
+        if self.sandwich_dim is not None and self.sandwich_dim % 2:
+            raise ValueError(f"sandwich_dim must be even (sine/cosine pairs), got {self.sandwich_dim}")
+        _require_real("xpos_scale_base", self.xpos_scale_base, 0.0)
 
     def _validate_rope(self) -> None:
         params = self.rope_parameters
@@ -273,6 +314,11 @@ class PosEncConfig(PreTrainedConfig):
                 raise ValueError(f"rope_scaling with rope_type={rope_type!r} needs the key {key!r}, got {params!r}")
         if "factor" in params:
             _require_real("rope_scaling['factor']", params["factor"], 1.0, inclusive=True)
+        if self.rope_fraction < 1 and rope_type in ("dynamic", "longrope"):
+            raise ValueError(
+                f"rope_fraction < 1 (p-RoPE) cannot be combined with rope_type={rope_type!r}, whose frequencies are "
+                f"recomputed during the forward; use 'default', 'linear', 'yarn' or 'llama3', got rope_fraction={self.rope_fraction}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
 

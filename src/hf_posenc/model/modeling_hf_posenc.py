@@ -204,8 +204,8 @@ class PosEncAttention(nn.Module):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        if rotary is not None:  # (cos, signed_sin) from prepare_rotary
-            query, key = rotate(query, *rotary), rotate(key, *rotary)
+        if rotary is not None:  # ((cos, signed_sin) of the queries, of the keys) from prepare_rotary
+            query, key = rotate(query, *rotary[0]), rotate(key, *rotary[1])
         if self.data_dependent_bias is not None:  # it updates the cache itself: it may keep state with the keys
             key, value, attention_mask, score_mod = self.data_dependent_bias(
                 hidden_states, query, key, value, attention_mask, score_mod, cache
@@ -301,6 +301,8 @@ class PosEncPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)  # Linear / Embedding: normal(initializer_range); RMSNorm: ones
         if callable(getattr(module, "init_buffers", None)):
             module.init_buffers()  # deterministic buffers (RoPE frequencies, ALiBi slopes) after meta-device loads
+        if callable(getattr(module, "init_parameters", None)):
+            module.init_parameters()  # an encoding's own parameters (Kerple's r1/r2, FIRE's c and L)
 
 
 class PosEncModel(PosEncPreTrainedModel):
@@ -388,8 +390,9 @@ class PosEncModel(PosEncPreTrainedModel):
         if added is not None:
             hidden_states = hidden_states + added
         rotary = encoding.rotary(hidden_states, position_ids)
-        if rotary is not None:
-            rotary = prepare_rotary(*rotary)
+        if rotary is not None:  # (cos, sin), or (cos, sin) of the queries then of the keys (xpos scales them apart)
+            query_rotary = prepare_rotary(*rotary[:2])
+            rotary = (query_rotary, prepare_rotary(*rotary[2:]) if len(rotary) == 4 else query_rotary)
 
         if self._causal_is_implicit(attention_mask, cache, caller_position_ids):
             mask = None  # SDPA applies the causal mask itself (is_causal), with the flash kernel

@@ -210,12 +210,12 @@ def _set_dotted(raw: dict, dotted: str, value) -> None:
 
 def compare_config_from_dict(raw: dict, source: str = "compare config", default_name: str = "compare") -> CompareConfig:
     """Build and check a CompareConfig from a dict; every problem is a UsageError naming the key."""
-    from ..model.encodings_hf_posenc import available_position_encodings
+    from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, available_position_encodings
 
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {list(TOP_LEVEL_KEYS)}")
-    encodings = raw.get("encodings", ["sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"])
+    encodings = raw.get("encodings", list(BUILTIN_POSITION_ENCODINGS))  # absent: every built-in encoding
     if not isinstance(encodings, list) or not encodings:
         raise UsageError(f"encodings in {source} must be a non-empty list, got {encodings!r}")
     for name in encodings:
