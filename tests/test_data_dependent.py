@@ -343,3 +343,28 @@ def test_saved_folders_load_as_remote_code_without_the_package(tmp_path):
     for encoding, (logits, generated) in expected.items():
         torch.testing.assert_close(torch.tensor(loaded[encoding]["logits"]), logits, atol=1e-5, rtol=1e-5)
         assert loaded[encoding]["generated"] == generated
+
+
+def test_figures_show_what_the_encodings_compute_on_text(tmp_path):
+    from hf_posenc.study.figures import data_dependent_by_distance, draw_figures
+    from tests.helpers_length_generalization import write_text_folder
+    from tests.helpers_model_dir import build_model_dir
+
+    model = trained_like("fox")
+    windows = random_tokens(3, 10)
+    profile = data_dependent_by_distance(model, windows, batch_size=2)
+    # FoX's mean bias at distance d is the mean over queries of sum of log f over the d tokens in between
+    assert profile["layers"].shape == (2, 4, 10)
+    assert torch.all(profile["layers"][..., 0] == 0) and torch.all(profile["layers"][..., 1:] < 0)
+    assert torch.all(profile["layers"].diff(dim=-1) < 0)  # more tokens in between: more forgetting
+    cope = data_dependent_by_distance(trained_like("cope"), windows)
+    assert cope["label"] == "contextual position p_ij"
+    assert torch.all(cope["layers"].diff(dim=-1) > 0)  # positions grow with the distance
+    assert data_dependent_by_distance(tiny_model("rope"), windows) is None
+
+    models = tmp_path / "models"
+    for encoding in ("fox", "cope"):
+        build_model_dir(models / encoding, encoding)
+    data = write_text_folder(tmp_path / "text")
+    written = draw_figures(tmp_path / "figures", [models], windows=2, data=str(data), show_progress=False)
+    assert written[-1].name == "data_dependent_by_distance.png" and written[-1].stat().st_size > 10_000

@@ -71,6 +71,17 @@ class DataDependentBias(nn.Module):
         encoding cannot be expressed one score at a time. ``q_idx + query_offset`` indexes the keys."""
         return None
 
+    # What ``explain`` returns, for figures: the bias by default.
+    explained = "score bias"
+
+    def explain(self, hidden_states, query, key) -> torch.Tensor:
+        """``(batch, heads, q, q)`` float32 quantity this layer computes on a text without cache (for figures):
+        the bias by default (FoX: the log decay), or whatever ``explained`` names (CoPE: the positions)."""
+        state = self.key_state(hidden_states)
+        if state is not None:
+            state = state.float().permute(0, 2, 1, 3)  # (batch, q, heads, width) -> (batch, heads, q, width)
+        return self.dense_bias(query, key, state, torch.arange(query.shape[-2], device=query.device))
+
     def forward(self, hidden_states, query, key, value, mask, score_mod, cache):
         """Update the cache and attach the bias. Returns ``(key, value, mask, score_mod)`` for the backend."""
         head_dim = key.shape[-1]
@@ -175,18 +186,27 @@ class ContextualPositionBias(DataDependentBias):
     fit a FlexAttention ``score_mod`` (which sees one score at a time), so CoPE runs on eager and SDPA only.
     """
 
+    explained = "contextual position p_ij"
+
     def __init__(self, config, layer_idx):
         super().__init__(config, layer_idx)
         self.max_positions = config.cope_max_positions
         self.position_embeddings = nn.Embedding(config.cope_max_positions, config.head_dim)
 
-    def dense_bias(self, query, key, state, query_pos):
+    def positions(self, query, key, query_pos) -> torch.Tensor:
+        """``(batch, heads, q, kv)`` contextual positions p_ij, clamped to the table."""
         keys = key.repeat_interleave(self.num_key_value_groups, dim=1)  # (batch, heads, kv, head_dim)
         logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * self.scaling  # (batch, heads, q, kv)
         key_pos = torch.arange(key.shape[-2], device=key.device)
         causal = key_pos[None, :] <= query_pos[:, None]  # (q, kv): only keys up to the query are counted
         gates = torch.sigmoid(logits) * causal
-        positions = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.max_positions - 1)
+        return gates.flip(-1).cumsum(-1).flip(-1).clamp(max=self.max_positions - 1)  # suffix sums over keys
+
+    def explain(self, hidden_states, query, key):
+        return self.positions(query, key, torch.arange(query.shape[-2], device=query.device))
+
+    def dense_bias(self, query, key, state, query_pos):
+        positions = self.positions(query, key, query_pos)
         per_position = torch.matmul(query.float(), self.position_embeddings.weight.float().t())  # (batch, heads, q, P)
         lower = positions.floor()
         below = per_position.gather(-1, lower.long())

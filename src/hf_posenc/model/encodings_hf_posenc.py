@@ -690,20 +690,48 @@ class DynamicBiasPositionEncoding(PositionEncoding):
         return distance_table_bias(self.mlp(features).float().t())  # (key_length, heads) -> (heads, key_length)
 
 
-class ForgettingPositionEncoding(PositionEncoding):
+class DataDependentPositionEncoding(PositionEncoding):
+    """Base of encodings whose bias depends on the text (fox, cope): it has no profile by distance alone.
+
+    Figures draw these on real text instead (``DataDependentBias.explain``, per layer and head).
+    """
+
+    bias_class: type[DataDependentBias] = DataDependentBias
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx):
+        return cls.bias_class(config, layer_idx)
+
+    def distance_profile(self, max_distance, trained=False):
+        return {"curves": [], "ylabel": "depends on the text", "note": "data-dependent: drawn on real text"}
+
+
+class ForgettingPositionEncoding(DataDependentPositionEncoding):
     """FoX (Lin et al., 2025): a learned per-head forget gate decays attention to the past; see ForgetGateBias."""
 
-    @classmethod
-    def data_dependent_bias(cls, config, layer_idx):
-        return ForgetGateBias(config, layer_idx)
+    bias_class = ForgetGateBias
+    description = (
+        "Forgetting Transformer (Lin et al., 2025): a per-head forget gate f_t = sigmoid(w . x_t + b) computed from "
+        "each token; the score of a query for a key d tokens back gets the sum of log f over the tokens in between, "
+        "a learned decay that depends on the content."
+    )
+    citation = "Lin et al., ICLR 2025 (Forgetting Transformer: Softmax Attention with a Forget Gate)"
+    formula = "bias(i, j) = sum_{t=j+1..i} log sigmoid(w_h . x_t + b_h)"
+    color = "#393b79"
 
 
-class ContextualPositionEncoding(PositionEncoding):
+class ContextualPositionEncoding(DataDependentPositionEncoding):
     """CoPE (Golovneva et al., 2024): positions counted by gates on q . k; see ContextualPositionBias."""
 
-    @classmethod
-    def data_dependent_bias(cls, config, layer_idx):
-        return ContextualPositionBias(config, layer_idx)
+    bias_class = ContextualPositionBias
+    description = (
+        "Contextual Position Encoding (Golovneva et al., 2024): a position is the number of keys between query and "
+        "key whose gate sigmoid(q . k) is open, so it counts words, sentences or whatever the model learns to count; "
+        "the bias interpolates learned per-layer embeddings at that fractional position."
+    )
+    citation = "Golovneva et al., 2024 (Contextual Position Encoding: Learning to Count What's Important)"
+    formula = "p_ij = sum_{t=j..i} sigmoid(q_i . k_t / sqrt(d)); bias(i, j) = q_i . e[p_ij] (interpolated)"
+    color = "#637939"
 
 
 # The registry: an explicit dict, filled here and by ``register_position_encoding``.
