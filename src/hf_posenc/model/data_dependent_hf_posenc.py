@@ -52,8 +52,6 @@ class DataDependentBias(nn.Module):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = config.head_dim**-0.5
 
     def key_state(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
@@ -84,17 +82,18 @@ class DataDependentBias(nn.Module):
 
     def forward(self, hidden_states, query, key, value, mask, score_mod, cache):
         """Update the cache and attach the bias. Returns ``(key, value, mask, score_mod)`` for the backend."""
-        head_dim = key.shape[-1]
+        head_dim, groups = key.shape[-1], query.shape[1] // key.shape[1]
         state = self.key_state(hidden_states)
         if state is not None:
-            key = torch.cat((key, self._pack(state, key.dtype)), dim=-1)
+            state = self._heads_of_this_rank(state, query.shape[1])
+            key = torch.cat((key, self._pack(state, groups, key.dtype)), dim=-1)
         query_offset = cache.get_seq_length(self.layer_idx) if cache is not None else 0
         if isinstance(query_offset, torch.Tensor):  # a static cache's counter, which its update increments in place
             query_offset = query_offset.clone()
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         if state is not None:
-            key, state = key[..., :head_dim], self._unpack(key[..., head_dim:])
+            key, state = key[..., :head_dim], self._unpack(key[..., head_dim:], groups)
 
         backend = self.config._attn_implementation
         name = self.config.position_encoding
@@ -116,18 +115,29 @@ class DataDependentBias(nn.Module):
         bias = self.dense_bias(query, key, state, query_pos)
         return key, value, add_bias_to_mask(bias, mask, query_pos, key_pos, query.dtype), None
 
-    def _pack(self, state, dtype):
+    @staticmethod
+    def _heads_of_this_rank(state, local_heads):
+        """Under tensor parallelism each rank computes one contiguous block of heads (the query projection is
+        split by column, in rank order); the state is computed for all heads: keep this rank's block."""
+        if state.shape[2] == local_heads:
+            return state
+        block = torch.distributed.get_rank() % (state.shape[2] // local_heads)
+        return state.narrow(2, block * local_heads, local_heads)
+
+    @staticmethod
+    def _pack(state, groups, dtype):
         """(batch, q, heads, width) -> (batch, kv_heads, q, groups * width): extra key channels per kv head."""
         batch, length, _, width = state.shape
-        state = state.reshape(batch, length, -1, self.num_key_value_groups * width)
+        state = state.reshape(batch, length, -1, groups * width)
         return state.transpose(1, 2).to(dtype)
 
-    def _unpack(self, channels):
+    @staticmethod
+    def _unpack(channels, groups):
         """(batch, kv_heads, kv, groups * width) -> (batch, heads, kv, width) float32; head = kv_head * groups + g."""
         batch, kv_heads, length, channels_per_head = channels.shape
-        width = channels_per_head // self.num_key_value_groups
-        channels = channels.float().reshape(batch, kv_heads, length, self.num_key_value_groups, width)
-        return channels.permute(0, 1, 3, 2, 4).reshape(batch, self.num_heads, length, width)
+        width = channels_per_head // groups
+        channels = channels.float().reshape(batch, kv_heads, length, groups, width)
+        return channels.permute(0, 1, 3, 2, 4).reshape(batch, kv_heads * groups, length, width)
 
 
 def _compose(first, second):
@@ -195,7 +205,7 @@ class ContextualPositionBias(DataDependentBias):
 
     def positions(self, query, key, query_pos) -> torch.Tensor:
         """``(batch, heads, q, kv)`` contextual positions p_ij, clamped to the table."""
-        keys = key.repeat_interleave(self.num_key_value_groups, dim=1)  # (batch, heads, kv, head_dim)
+        keys = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # (batch, heads, kv, head_dim)
         logits = torch.matmul(query.float(), keys.float().transpose(-1, -2)) * self.scaling  # (batch, heads, q, kv)
         key_pos = torch.arange(key.shape[-2], device=key.device)
         causal = key_pos[None, :] <= query_pos[:, None]  # (q, kv): only keys up to the query are counted

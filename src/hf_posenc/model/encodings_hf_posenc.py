@@ -57,6 +57,7 @@ class PositionEncoding(nn.Module):
     citation: str = ""
     formula: str = ""
     color: str | None = None  # matplotlib colour in every plot; None: a stable colour derived from the name
+    supports_flex_attention: bool = True  # False: attn_implementation="flex_attention" is refused (cope)
     # Triton block sizes for FlexAttention on GPU (its ``kernel_options``), or None for torch's defaults.
     flex_kernel_options: dict | None = None
 
@@ -697,19 +698,31 @@ class DataDependentPositionEncoding(PositionEncoding):
     """
 
     bias_class: type[DataDependentBias] = DataDependentBias
+    gate_values: tuple[float, ...] = ()
+    constant_gate_label = ""
 
     @classmethod
     def data_dependent_bias(cls, config, layer_idx):
         return cls.bias_class(config, layer_idx)
 
     def distance_profile(self, max_distance, trained=False):
-        return {"curves": [], "ylabel": "depends on the text", "note": "data-dependent: drawn on real text"}
+        """What the bias would be if every gate had one value (the real gates depend on the text: figures draw
+        those from a trained model on validation text)."""
+        distance = torch.arange(max_distance + 1, dtype=torch.float32)
+        curves = [(f"every gate {gate}", self.constant_gate_profile(distance, gate)) for gate in self.gate_values]
+        return {"curves": curves, "ylabel": self.constant_gate_label, "note": "constant gates; depends on the text"}
 
 
 class ForgettingPositionEncoding(DataDependentPositionEncoding):
     """FoX (Lin et al., 2025): a learned per-head forget gate decays attention to the past; see ForgetGateBias."""
 
     bias_class = ForgetGateBias
+    gate_values = (0.9, 0.99, 0.999)
+    constant_gate_label = "score bias sum log f"
+
+    @staticmethod
+    def constant_gate_profile(distance, gate):
+        return distance * math.log(gate)  # d tokens in (j, i], each adding log f
     description = (
         "Forgetting Transformer (Lin et al., 2025): a per-head forget gate f_t = sigmoid(w . x_t + b) computed from "
         "each token; the score of a query for a key d tokens back gets the sum of log f over the tokens in between, "
@@ -724,6 +737,12 @@ class ContextualPositionEncoding(DataDependentPositionEncoding):
     """CoPE (Golovneva et al., 2024): positions counted by gates on q . k; see ContextualPositionBias."""
 
     bias_class = ContextualPositionBias
+    supports_flex_attention = False  # a suffix sum over the whole row of gates is not a score_mod
+    gate_values = (0.25, 0.5, 1.0)
+    constant_gate_label = "contextual position p"
+
+    def constant_gate_profile(self, distance, gate):
+        return (gate * (distance + 1)).clamp(max=self.config.cope_max_positions - 1)  # keys j..i, each adding g
     description = (
         "Contextual Position Encoding (Golovneva et al., 2024): a position is the number of keys between query and "
         "key whose gate sigmoid(q . k) is open, so it counts words, sentences or whatever the model learns to count; "
