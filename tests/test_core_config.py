@@ -7,7 +7,12 @@ import pytest
 from transformers import AutoConfig
 
 from hf_posenc import PosEncConfig
+from hf_posenc.model.encodings_hf_posenc import POSITION_ENCODINGS
 from tests.conftest import ENCODINGS, tiny_config
+
+
+def uses_rope(encoding: str) -> bool:
+    return POSITION_ENCODINGS[encoding].uses_rope
 
 
 def test_defaults_are_a_llama_with_rope():
@@ -21,13 +26,13 @@ def test_defaults_are_a_llama_with_rope():
 
 @pytest.mark.parametrize("position_encoding", ENCODINGS)
 def test_save_and_load_round_trip(tmp_path, position_encoding):
-    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0 if position_encoding == "rope" else None)
+    config = tiny_config(position_encoding, tie_word_embeddings=True, rope_theta=5000.0 if uses_rope(position_encoding) else None)
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, PosEncConfig)
     for field in ("position_encoding", "tie_word_embeddings", "num_key_value_heads", "t5_num_buckets", "head_dim"):
         assert getattr(loaded, field) == getattr(config, field)
-    if position_encoding == "rope":
+    if uses_rope(position_encoding):
         assert loaded.rope_parameters == config.rope_parameters
         assert loaded.rope_parameters["rope_theta"] == 5000.0
     else:  # RoPE parameters exist only where RoPE is used
@@ -88,7 +93,7 @@ def test_error_lists_allowed_encodings():
         tiny_config("absolute")
 
 
-@pytest.mark.parametrize("position_encoding", [e for e in ENCODINGS if e != "rope"])
+@pytest.mark.parametrize("position_encoding", [e for e in ENCODINGS if not uses_rope(e)])
 @pytest.mark.parametrize(
     "option",
     [{"rope_theta": 500.0}, {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}],

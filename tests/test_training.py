@@ -99,7 +99,7 @@ def test_same_seed_gives_identical_weights_and_an_existing_run_is_not_overwritte
     train(config, tmp_path / "b", show_progress=False)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(UsageError, match="already holds a run.*--resume"):
+    with pytest.raises(UsageError, match="already holds a run.*with `resume`"):
         train(config, tmp_path / "a", show_progress=False)
     train(config, tmp_path / "a", overwrite=True, show_progress=False)
 

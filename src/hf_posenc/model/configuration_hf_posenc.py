@@ -170,15 +170,15 @@ class PosEncConfig(PreTrainedConfig):
         self.t5_max_distance = t5_max_distance
         self.sinusoidal_scale = sinusoidal_scale
         self.cope_max_positions = cope_max_positions
-        if original_max_position_embeddings is not None:
-            # Only set when known: transformers' RoPE standardization copies the attribute whenever it exists.
-            _require_int("original_max_position_embeddings", original_max_position_embeddings)
-            self.original_max_position_embeddings = original_max_position_embeddings
         self.rope_fraction = rope_fraction
         self.alibi_num_heads = alibi_num_heads
         self.fire_init_length = fire_init_length
         self.xpos_scale_base = xpos_scale_base
         self.sandwich_dim = sandwich_dim
+        if original_max_position_embeddings is not None:
+            # Only set when known: transformers' RoPE standardization copies the attribute whenever it exists.
+            _require_int("original_max_position_embeddings", original_max_position_embeddings)
+            self.original_max_position_embeddings = original_max_position_embeddings
         self._validate_architecture()
         if self.head_dim is None:
             self.head_dim = hidden_size // num_attention_heads
@@ -213,6 +213,7 @@ class PosEncConfig(PreTrainedConfig):
             "rope_theta": None if rope_theta == DEFAULT_ROPE_THETA else rope_theta,
             "rope_scaling": rope_scaling,
             "rope_parameters": None if rope_parameters == LEGACY_DEFAULT_ROPE else rope_parameters,
+            "rope_fraction": None if self.rope_fraction == 1.0 else self.rope_fraction,
         }
         given = {field: value for field, value in given.items() if value is not None}
         if given:
