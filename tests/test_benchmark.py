@@ -71,7 +71,8 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     assert cli.main(["bench", *FAST_FLAGS, "--output", str(output), "--summary", str(summary)]) == 0
     records = json.loads(output.read_text())
     encodings = available_position_encodings()  # the default: every registered encoding
-    models = [f"hf_posenc:{e}" for e in encodings] + ["hf:llama", "hf:gpt2", "hf:bloom"]
+    assert {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"} <= set(encodings)
+    models = [f"hf_posenc:{name}" for name in encodings] + ["hf:llama", "hf:gpt2", "hf:bloom"]
     train = [r for r in records if r["mode"] == "train"]
     decode = [r for r in records if r["mode"] == "decode"]
     scaling = [r for r in records if r["mode"] in ("eval_scaling", "train_scaling")]
@@ -186,7 +187,7 @@ def test_targets_on_gpu_records():
 
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "huge"], "--preset must be one of"),
-    (["--encodings", "rope,no_such_encoding"], "--encodings must be among"),
+    (["--encodings", "rope,rotary"], "--encodings must be among"),
     (["--references", "hf:t5"], "--references must be among"),
     (["--modes", "train,serve"], "--modes must be"),
     (["--attn", "flash"], "--attn must be one of"),

@@ -39,8 +39,17 @@ def test_small_125m_is_about_125m_parameters_with_sequence_1024_in_bf16():
 
 def test_model_section_fields_are_posenc_config_arguments():
     accepted = set(inspect.signature(PosEncConfig.__init__).parameters)
-    fields = {f.name for f in dataclasses.fields(ModelSection)} - {"attn_implementation"}
+    fields = {f.name for f in dataclasses.fields(ModelSection)} - {"attn_implementation", "extra_config"}
     assert fields <= accepted, fields - accepted
+    settable = accepted - {"self", "kwargs", *ModelSection.NOT_CONFIGURABLE}
+    assert settable <= fields, f"PosEncConfig arguments a run config cannot set: {settable - fields}"
+
+
+def test_extra_config_reaches_posenc_config(tmp_path):
+    config = load_run_config(write(tmp_path, "model:\n  position_encoding: alibi\n  extra_config: {my_option: 3}\n"))
+    assert config.model_config(vocab_size=300).my_option == 3
+    with pytest.raises(UsageError, match="invalid model section"):
+        load_run_config(write(tmp_path, "model:\n  position_encoding: alibi\n  extra_config: {rope_fraction: 0.5}\n"))
 
 
 def test_overrides_are_typed_and_parsed(tmp_path):
@@ -80,7 +89,7 @@ def test_yaml_round_trip(tmp_path):
         ("", {"training.adam_beta2": "1.0"}, r"adam_beta2 must be in \[0, 1\)"),
         ("", {"training.mixed_precision": "fp8"}, r"mixed_precision must be one of"),
         ("", {"model.attn_implementation": "flash"}, r"attn_implementation must be one of"),
-        ("", {"model.position_encoding": "no_such_encoding"}, r"model\.position_encoding must be one of .*'alibi'.*got 'no_such_encoding'"),
+        ("", {"model.position_encoding": "rotary"}, r"model\.position_encoding must be one of .*'alibi'.*got 'rotary'"),
         ("", {"model.hidden_size": "100", "model.num_attention_heads": "3"}, r"invalid model section: model\.hidden_size"),
         ("model:\n  position_encoding: learned\n  max_position_embeddings: 64\ndata:\n  block_size: 128\n", {},
          r"data\.block_size=128 is beyond what position_encoding='learned' allows \(model\.max_position_embeddings=64\)"),

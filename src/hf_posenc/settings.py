@@ -79,7 +79,11 @@ def read_settings_file(path: str | Path) -> tuple[Any, str]:
     if not path.is_file():
         raise SettingsError(f"config file not found: {str(path)!r}", field="config")
     source = f"config file {str(path)!r}"
-    return parse_yaml(path.read_text(), source), source
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"{source} is not UTF-8 text (byte {error.start}); save it as UTF-8", field="config") from None
+    return parse_yaml(text, source), source
 
 
 # ---- loading --------------------------------------------------------------------------------------------

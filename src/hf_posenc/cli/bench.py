@@ -221,6 +221,11 @@ def run(args) -> int:
     from ..bench.measure import measure_matmul_tflops
     from ..bench.report import add_ratios, evaluate_targets, format_table, format_targets, plot_scaling, write_json
 
+    from ..run_folder import check_writable_file
+
+    for flag in ("output", "plot", "summary"):  # found now, not after minutes of measuring
+        if getattr(args, flag, None):
+            check_writable_file(getattr(args, flag), f"--{flag}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     name_flags(args, FLAG_NAMES, only_given=False)

@@ -198,6 +198,10 @@ def _every_nth_split(dataset: datasets.Dataset, split: str, what: str) -> datase
 def _select_text_column(dataset: datasets.Dataset, text_field: str, what: str) -> datasets.Dataset:
     if text_field not in dataset.column_names:
         raise SettingsError(f"data {what} has no field {text_field!r}; its fields are {dataset.column_names} (set data.text_field)")
+    kind = dataset.features[text_field]
+    if getattr(kind, "dtype", None) not in ("string", "large_string"):
+        raise SettingsError(f"data {what}: field {text_field!r} holds {getattr(kind, 'dtype', None) or type(kind).__name__} "
+                         "values, not text (every document's text must be a string)")
     extra = [c for c in dataset.column_names if c != text_field]
     dataset = dataset.remove_columns(extra)
     if text_field != "text":
@@ -209,12 +213,55 @@ def _load_files(builder: str, files_by_split: dict[str, list[Path]], what: str, 
     import datasets
 
     data_files = {name: [str(p) for p in files] for name, files in files_by_split.items() if files}
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its JSON reader logs a traceback for a bad line
     try:
         return datasets.load_dataset(builder, data_files=data_files, **kwargs)
     except Exception as error:  # unreadable or malformed files are bad input, reported before training
         if "corresponds to no data" in str(error):
             raise SettingsError(f"data {what}: no documents found (the files are empty)") from error
-        raise SettingsError(f"could not read data {what}: {type(error).__name__}: {error}") from error
+        files = [Path(p) for paths in data_files.values() for p in paths]
+        culprit = _find_bad_file(files, builder == "json")
+        if culprit is not None:
+            raise SettingsError(f"data {what}: {culprit}") from None
+        raise SettingsError(f"could not read data {what}: {_root_cause(error)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _root_cause(error: BaseException) -> str:
+    """``datasets`` wraps the real problem ("An error occurred while generating the dataset"): name it."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return "; ".join(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}" for e in chain)
+
+
+def _find_bad_file(files: list[Path], is_json: bool) -> str | None:
+    """The first file that is not UTF-8 (or, for JSON lines, the first line that is not a JSON object)."""
+    import json
+
+    if all(not file.read_bytes().strip() for file in files):
+        return "no documents found (the files are empty)"
+    for file in files:
+        raw = file.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            return f"file {str(file)!r} is not UTF-8 text (byte {error.start}, line {line}); convert it to UTF-8"
+        if not is_json:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"file {str(file)!r} line {number} is not valid JSON ({error.msg}); one JSON object per line"
+            if not isinstance(row, dict):
+                return f"file {str(file)!r} line {number} is a JSON {type(row).__name__}, not an object"
+    return None
 
 
 def _load_local(path: Path, split: str, text_field: str) -> datasets.Dataset:

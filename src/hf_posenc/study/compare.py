@@ -30,7 +30,6 @@ run with a *different* configuration is refused up front instead of being silent
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -49,7 +48,6 @@ from ..settings import apply_overrides, load_settings, parse_yaml, read_settings
 from ..train.run_config import RunConfig
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
-DEFAULT_ENCODINGS = BUILTIN_POSITION_ENCODINGS  # a config without `encodings`: every built-in, from the registry
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
@@ -157,8 +155,10 @@ class FigureSettings:
 class CompareConfig:
     name: str | None = None  # None: the config file's stem
     output_dir: str | None = None
-    encodings: list[str] = setting(default_factory=lambda: list(DEFAULT_ENCODINGS), choices=available_position_encodings,
-                                   label="position encoding", non_empty=True, unique=True)
+    # absent from the file: every built-in encoding
+    encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
+                                   choices=available_position_encodings, label="position encoding", non_empty=True,
+                                   unique=True)
     threads: int | None = setting(None, minimum=1)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -273,7 +273,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     from ..run_folder import SUMMARY_FILE
     from ..train.engine import train
 
-    output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
+    output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
+                                               "compare output directory")
     runs = {encoding: config.run_config_for(encoding, output_dir / encoding) for encoding in config.encodings}
     if not overwrite:  # refuse stale folders before any work starts
         for encoding, run in runs.items():
@@ -289,7 +290,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "compare_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run_folder.write_study_config(output_dir, config.to_dict())
     timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
     count = len(config.encodings)
@@ -344,10 +345,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
         "reused": reused,
         "torch_threads": torch.get_num_threads(),
     }
-    (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
-    (output_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     markdown = results_markdown(config, records, timings, files, output_dir)
-    (output_dir / "results.md").write_text(markdown)
+    run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
 
 

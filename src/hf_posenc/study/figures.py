@@ -11,6 +11,10 @@ trained model's attention looks like under it.
    ``output_attentions=True``) averaged over layers, heads and windows of held-out text, as heatmaps, and
    ``plot_attention_by_distance``: the average weight a query gives a key ``d`` tokens back.
 
+3. ``data_dependent_by_distance`` / ``plot_data_dependent_profiles``: for encodings whose bias depends on the
+   text (fox, cope), the quantity each layer computes on real text (FoX's log decay, CoPE's contextual
+   position), averaged over windows and queries, per head, against the distance.
+
 matplotlib is imported lazily (through ``hf_posenc.study.plots``).
 """
 
@@ -178,6 +182,59 @@ def plot_attention_by_distance(maps: Mapping[str, torch.Tensor], path: str | Pat
     return save(figure, path)
 
 
+# ---- 3. data-dependent encodings on real text ----------------------------------------------------------
+@torch.no_grad()
+def data_dependent_by_distance(model, windows: torch.LongTensor, batch_size: int = 4) -> dict | None:
+    """What a data-dependent encoding computes on text, by distance: ``{"label": str, "layers": (layers, heads,
+    L)}`` (mean over windows and queries of the quantity at distance d), or None for other encodings."""
+    hooks = [layer.self_attn.data_dependent_bias for layer in model.model.layers]
+    if any(hook is None for hook in hooks):
+        return None
+    seen: list[list[torch.Tensor]] = [[] for _ in hooks]
+
+    def recorder(index):
+        def record(module, args):
+            hidden_states, query, key = args[:3]
+            quantity = module.explain(hidden_states, query, key)  # (batch, heads, L, L)
+            length = quantity.shape[-1]
+            by_distance = [quantity.diagonal(-d, dim1=-2, dim2=-1).mean(-1) for d in range(length)]  # each (b, heads)
+            seen[index].append(torch.stack(by_distance, dim=-1).float().cpu())  # (b, heads, L)
+
+        return record
+
+    handles = [hook.register_forward_pre_hook(recorder(i)) for i, hook in enumerate(hooks)]
+    try:
+        for start in range(0, len(windows), batch_size):
+            model(input_ids=windows[start : start + batch_size].to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = torch.stack([torch.cat(values).mean(0) for values in seen])  # (layers, heads, L)
+    return {"label": hooks[0].explained, "layers": layers}
+
+
+def plot_data_dependent_profiles(profiles: Mapping[str, dict], path: str | Path) -> Path:
+    """One panel per (encoding, layer): the per-head quantity against distance, measured on real text."""
+    panels = [(name, layer, values) for name, profile in profiles.items() for layer, values in enumerate(profile["layers"])]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure = new_figure(4.0 * columns, 3.0 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (name, layer, values) in zip(axes, panels):
+        distance = torch.arange(values.shape[-1]).numpy()
+        for head, curve in enumerate(values):
+            ax.plot(distance, curve.numpy(), linewidth=1.0, alpha=0.85, label=f"head {head}")
+        ax.set_title(f"{name}, layer {layer}", fontsize=10)
+        ax.set_xlabel("distance query - key (tokens)")
+        ax.set_ylabel(profiles[name]["label"], fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.suptitle("Data-dependent encodings on validation text: mean over windows and queries")
+    return save(figure, path)
+
+
 # ---- loading trained models and text ------------------------------------------------------------------
 def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
     """Encoding -> model folder, from model folders or folders holding them (a compare output directory)."""
@@ -249,7 +306,7 @@ def draw_figures(output_dir: str | Path, model_paths: Sequence[str | Path] = (),
     written = [plot_distance_profiles(output_dir / "encoding_distance_profiles.png", models=models,
                                       encodings=list(models) or None, max_distance=max_distance or max(2 * length, 64))]
     if models:
-        maps = {}
+        maps, data_dependent = {}, {}
         text_cache: dict[str, torch.Tensor] = {}
         for name, model in tqdm(models.items(), desc="attention maps", unit="model", disable=not show_progress):
             if model.model.position_encoding.max_positions is not None and length > model.model.position_encoding.max_positions:
@@ -258,8 +315,13 @@ def draw_figures(output_dir: str | Path, model_paths: Sequence[str | Path] = (),
             if tokenizer_key not in text_cache:
                 text_cache[tokenizer_key] = validation_windows(model_dirs[name], length, windows, data)
             maps[name] = average_attention(model, text_cache[tokenizer_key])
+            profile = data_dependent_by_distance(model, text_cache[tokenizer_key])
+            if profile is not None:
+                data_dependent[name] = profile
         written.append(plot_attention_maps(maps, output_dir / "attention_maps.png"))
         written.append(plot_attention_by_distance(maps, output_dir / "attention_by_distance.png", train_length))
+        if data_dependent:
+            written.append(plot_data_dependent_profiles(data_dependent, output_dir / "data_dependent_by_distance.png"))
     return written
 
 
@@ -270,6 +332,8 @@ __all__ = [
     "attention_by_distance",
     "plot_attention_maps",
     "plot_attention_by_distance",
+    "data_dependent_by_distance",
+    "plot_data_dependent_profiles",
     "find_model_dirs",
     "draw_figures",
     "reference_config",

@@ -42,6 +42,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import SettingsError
+from ..run_folder import TRIALS_FILE
 from ..train.run_config import RunConfig
 from .sweep_config import (  # noqa: F401  (re-exported: the sweep's settings)
     SEARCH_METHODS,
@@ -54,7 +55,6 @@ from .sweep_config import (  # noqa: F401  (re-exported: the sweep's settings)
 )
 
 FINISHED = ("ok", "diverged", "invalid")  # statuses that are not retried
-TRIALS_FILE = "trials.jsonl"
 
 
 # ---- trials ---------------------------------------------------------------------------------------------

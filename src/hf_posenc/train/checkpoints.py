@@ -295,7 +295,7 @@ def newest_readable_checkpoint(output_dir, rank: int, say) -> CheckpointContents
     return None
 
 
-def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimizer, scheduler) -> dict:
+def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimizer, scheduler, say=print) -> dict:
     """Put model, optimizer, scheduler, scaler and RNG states in place; return the trainer state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -308,6 +308,9 @@ def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimi
         accelerator.scaler.load_state_dict(contents.scaler_state)
     if contents.rng is not None:
         _set_rng_states(*contents.rng)
+    else:  # the data order does not depend on it, but random ops (dropout) will differ from the original run
+        say(f"Checkpoint {contents.path} has no RNG state for process {accelerator.process_index} (it was written by "
+            f"{contents.trainer_state.get('num_processes', '?')} process(es)); continuing with fresh generator states")
     return dict(contents.trainer_state)
 
 

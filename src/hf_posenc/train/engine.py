@@ -42,6 +42,7 @@ from .output_guard import (
     release_output_dir,
 )
 from .run_config import RunConfig
+from .sharding import cpu_fsdp_requested, full_tensor, shard_on_cpu, unsharded_copy
 from .step import build_causal_lm, build_optimizer, optimizer_step
 
 
@@ -255,6 +256,12 @@ def train(
         _reset_accelerate_singletons()
         raise UsageError(f"cannot set up Accelerate with training.mixed_precision={t.mixed_precision!r}, "
                          f"training.report_to={t.report_to!r}: {error}") from error
+    if run_config.model.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
+        _reset_accelerate_singletons()
+        raise UsageError(
+            "model.attn_implementation='flex_attention' cannot train on CPU: PyTorch's FlexAttention has no backward "
+            "pass there; use 'sdpa' or 'eager' (flex_attention still works for evaluation on CPU and training on GPU)"
+        )
     threads_before = torch.get_num_threads()
     if t.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(t.cpu_threads)
@@ -291,18 +298,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     show = show_progress and main
     with accelerator.main_process_first():  # the main process fills the caches, the others read them
         data = prepare_data(run_config, show_progress=show)
-    global_batch = t.per_device_batch_size * accelerator.num_processes
-    block = run_config.data.block_size
-    if len(data.train_blocks) < global_batch:
-        raise UsageError(
-            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
-            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
-        )
-    if len(data.eval_blocks) < accelerator.num_processes:
-        raise UsageError(
-            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
-            f"tokens, fewer than the {accelerator.num_processes} process(es); use more data or a smaller block_size"
-        )
+    global_batch = _check_data_fits(data, run_config, accelerator.num_processes)
     run_config.model.vocab_size = run_config.model.vocab_size or len(data.tokenizer)
     run_config.output_dir = str(output_dir)
     checkpoint = _read_resume_checkpoint(accelerator, output_dir, run_config, global_batch) if resume else None
@@ -311,13 +307,22 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     model = build_model(run_config, data.tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    sharded_on_cpu = cpu_fsdp_requested(accelerator)
+    if sharded_on_cpu:  # Accelerate would fall back to DDP on CPU: shard with FSDP2 ourselves
+        model = shard_on_cpu(model)
+        _say(main, f"Sharding the model with torch FSDP2 across {accelerator.num_processes} CPU processes")
+    # on the sharded parameters when sharded
     optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_epsilon)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded_on_cpu:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
     if checkpoint is not None:
-        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler))
+        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      say=lambda text: print(text, file=sys.stderr, flush=True)))
         _say(main, f"Resuming from {checkpoint.path} (step {state['step']})")
     elif resume:
         _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
@@ -325,15 +330,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     # Every check has passed and the model is built: only now is anything in the output folder changed.
     metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if main:
-        previous.move_aside()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(output_dir, run_config.to_dict())
-        if checkpoint is not None:
-            if metrics.truncate_after(state["step"]):  # rows after the checkpoint are written again
-                _say(main, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
-        else:
-            metrics.path.unlink(missing_ok=True)
-        remove_staging_leftovers(output_dir)
+        _open_output_dir(output_dir, previous, run_config, metrics, state["step"] if checkpoint is not None else None)
     accelerator.wait_for_everyone()
     if trackers:
         accelerator.init_trackers(run_config.run_name or "hf_posenc", config=_flat_hparams(run_config.to_dict()))
@@ -375,6 +372,36 @@ def _training_batch(input_ids, t, step: int, micro: int, rank: int) -> dict:
     # An all-ones mask: without it transformers reads non-contiguous position_ids as packed sequences.
     batch["attention_mask"] = torch.ones_like(input_ids)
     return batch
+
+
+def _check_data_fits(data: PreparedData, run_config: RunConfig, num_processes: int) -> int:
+    """The global batch (rows per micro-step), once the data is known to fill one and every process validates."""
+    global_batch = run_config.training.per_device_batch_size * num_processes
+    block = run_config.data.block_size
+    if len(data.train_blocks) < global_batch:
+        raise UsageError(
+            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
+            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
+        )
+    if len(data.eval_blocks) < num_processes:
+        raise UsageError(
+            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
+            f"tokens, fewer than the {num_processes} process(es); use more data or a smaller block_size"
+        )
+    return global_batch
+
+
+def _open_output_dir(output_dir: Path, previous: PreviousRun, run_config: RunConfig, metrics: MetricsLog,
+                     resumed_step: int | None) -> None:
+    """Main process, after every check: set the earlier run aside, write the run config, trim the metrics."""
+    previous.move_aside()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(output_dir, run_config.to_dict())
+    if resumed_step is None:
+        metrics.path.unlink(missing_ok=True)
+    elif metrics.truncate_after(resumed_step):  # rows after the checkpoint are written again
+        _say(True, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
+    remove_staging_leftovers(output_dir)
 
 
 def _say(main: bool, message: str) -> None:
@@ -426,6 +453,7 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             step_loss, grad_norm = optimizer_step(
                 model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
             )
+            grad_norm = full_tensor(grad_norm)  # a DTensor when the parameters are sharded
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             step = state["step"]
@@ -495,10 +523,13 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
 
 def _export(accelerator, model, data, run_config, output_dir: Path, summary: dict) -> None:
     """Write the from_pretrained-ready folder: model + remote code, tokenizer, run config, summary."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP; collective
+    # Full tensors on the main process whatever the wrapping (none, DDP, FSDP); collective under FSDP.
+    state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = unsharded_copy(accelerator.unwrap_model(model), state_dict)
         # The trained context length, in config.json for evaluators (lm-evaluation-harness) and our own tools.
         unwrapped.config.original_max_position_embeddings = run_config.data.block_size
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)

@@ -59,7 +59,12 @@ class ModelSection:
     fire_init_length: int | None = setting(None, minimum=1)  # fire: initial L (None: max_position_embeddings; set it to data.block_size)
     xpos_scale_base: float = setting(512.0, positive=True)  # xpos: gamma in zeta ** (n / gamma)
     sandwich_dim: int | None = setting(None, minimum=2)  # sandwich: channels of the sinusoids (None: hidden_size)
+    extra_config: dict | None = None  # further PosEncConfig arguments, e.g. those of a registered encoding
     attn_implementation: str = setting("sdpa", choices=ATTENTION_CHOICES)  # chosen when the model is built
+
+    # set by training, never by a run config
+    NOT_CONFIGURABLE = ("pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "hidden_act", "rope_parameters",
+                        "original_max_position_embeddings")
 
 
 @dataclass
@@ -149,7 +154,8 @@ class RunConfig:
         """The ``PosEncConfig`` of this run; PosEncConfig's ValueErrors become SettingsErrors naming the section."""
         from ..model.configuration_hf_posenc import PosEncConfig
 
-        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "attn_implementation"}
+        fields = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in ("attn_implementation", "extra_config")}
+        fields.update(self.model.extra_config or {})
         fields["vocab_size"] = fields["vocab_size"] or vocab_size
         fields.update(special_token_ids)
         try:
