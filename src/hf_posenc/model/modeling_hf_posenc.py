@@ -195,6 +195,8 @@ class PosEncAttention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         encoding_class = POSITION_ENCODINGS.get(config.position_encoding)
         self.flex_kernel_options = getattr(encoding_class, "flex_kernel_options", None)
+        # Data-dependent encodings (fox, cope) own a module per layer: it sees this layer's inputs, queries and keys.
+        self.data_dependent_bias = encoding_class.data_dependent_bias(config, layer_idx) if encoding_class else None
 
     def forward(self, hidden_states, attention_mask, rotary=None, score_mod=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
@@ -206,7 +208,11 @@ class PosEncAttention(nn.Module):
 
         if rotary is not None:  # ((cos, signed_sin) of the queries, of the keys) from prepare_rotary
             query, key = rotate(query, *rotary[0]), rotate(key, *rotary[1])
-        if cache is not None:
+        if self.data_dependent_bias is not None:  # it updates the cache itself: it may keep state with the keys
+            key, value, attention_mask, score_mod = self.data_dependent_bias(
+                hidden_states, query, key, value, attention_mask, score_mod, cache
+            )
+        elif cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
         dropout = self.config.attention_dropout if self.training else 0.0
