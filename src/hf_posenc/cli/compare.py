@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     parser.add_argument("--overwrite", action="store_true", help="retrain and re-evaluate everything instead of reusing")
     parser.add_argument("--skip-tasks", action="store_true", help="no synthetic tasks")
     parser.add_argument("--skip-figures", action="store_true", help="no encoding / attention figures (plots are still drawn)")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="train and test every encoding with N seeds (default: the config's seeds); tables give mean ± std")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         overrides["threads"] = str(args.threads)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UsageError(f"--seeds must be an integer >= 1, got {args.seeds}")
+        overrides["seeds"] = str(args.seeds)
     config = load_compare_config(args.config, overrides)
     result = run_compare(config, args.output_dir, overwrite=args.overwrite, show_progress=not args.no_progress,
                          skip_tasks=args.skip_tasks, skip_figures=args.skip_figures)
