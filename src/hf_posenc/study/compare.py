@@ -44,6 +44,7 @@ import yaml
 from ..errors import UsageError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES, parse_lengths
 from ..train.run_config import RunConfig, parse_yaml, read_config_file
+from ..evaluation.passkey import PasskeySettings
 from ..evaluation.tasks import TaskSettings
 from .aggregate import per_seed, stat
 from .claims import check_claims, claims_table, perplexity_ratio
@@ -51,7 +52,7 @@ from .claims import check_claims, claims_table, perplexity_ratio
 SLIDING_EVAL_FILE = "eval_sliding.json"
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
-TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "seeds", "threads", "run", "eval", "tasks", "figures")
+TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "seeds", "threads", "run", "eval", "tasks", "passkey", "figures")
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
@@ -163,6 +164,7 @@ class CompareConfig:
     figures: FigureSettings
     threads: int | None = None
     source: str = "embedded default"
+    passkey: PasskeySettings | None = None
     seeds: int = 1  # seeds run.training.seed, +1, ... (and tasks.seed, +1, ...): every model trained once per seed
 
     def seed_values(self) -> list[int]:
@@ -174,6 +176,11 @@ class CompareConfig:
 
     def task_settings_for(self, index: int) -> TaskSettings:
         settings = copy.deepcopy(self.tasks)
+        settings.seed += index
+        return settings
+
+    def passkey_settings_for(self, index: int) -> PasskeySettings:
+        settings = copy.deepcopy(self.passkey)
         settings.seed += index
         return settings
 
@@ -196,6 +203,7 @@ class CompareConfig:
             "run": self.run.to_dict(),
             "eval": dataclasses.asdict(self.eval),
             "tasks": self.tasks.to_dict() if self.tasks is not None else None,
+            "passkey": self.passkey.to_dict() if self.passkey is not None else None,
             "figures": dataclasses.asdict(self.figures),
         }
 
@@ -257,6 +265,7 @@ def compare_config_from_dict(raw: dict, source: str = "compare config", default_
         threads=raw.get("threads"),
         source=source,
         seeds=raw.get("seeds", 1),
+        passkey=None if raw.get("passkey") is None else PasskeySettings.from_dict(raw["passkey"], source=f"passkey in {source}"),
     )
     if isinstance(config.seeds, bool) or not isinstance(config.seeds, int) or config.seeds < 1:
         raise UsageError(f"seeds in {source} must be an integer >= 1 (the number of seeds per encoding), got {config.seeds!r}")
@@ -368,6 +377,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     """
     import torch
 
+    from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
 
     output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
@@ -390,7 +400,7 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     (output_dir / "compare_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
-    reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": []}
+    reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": [], "passkey": []}
     for seed_index, seed in enumerate(config.seed_values()):
         for index, encoding in enumerate(config.encodings, 1):
             tag = f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}"
@@ -406,6 +416,17 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
                          f"(train lengths {settings.train_min_length}-{settings.train_max_length})")
                 with timer.phase("tasks"):
                     run_task_study(encoding, settings, task_dir, overwrite=overwrite, show_progress=show_progress)
+        if config.passkey is not None and not skip_tasks:
+            for index, encoding in enumerate(config.encodings, 1):
+                passkey_dir = config.seed_dir(output_dir, seed_index) / "passkey" / encoding
+                settings = config.passkey_settings_for(seed_index)
+                if not overwrite and passkey_dir_is_complete(passkey_dir, encoding, settings):
+                    reused["passkey"].append(encoding if seed_index == 0 else f"{encoding}@seed{settings.seed}")
+                    continue
+                _say(f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}: passkey retrieval "
+                     f"(trained on contexts up to {settings.train_context}, tested at {settings.test_contexts})")
+                with timer.phase("passkey"):
+                    run_passkey_study(encoding, settings, passkey_dir, overwrite=overwrite, show_progress=show_progress)
 
     records = collect_records(config, output_dir, skip_tasks=skip_tasks)
     files = []
@@ -493,6 +514,10 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
                         "length": row["length"], "accuracy": row["accuracy"], "num_examples": row["num_examples"],
                         "in_distribution": row.get("in_distribution"),
                     })
+            passkey_file = root / "passkey" / encoding / "passkey.json"
+            if config.passkey is not None and not skip_tasks and passkey_file.is_file():
+                for row in json.loads(passkey_file.read_text())["results"]:
+                    records.append({"record_type": "passkey", "position_encoding": encoding, "seed": seed, **row})
     return records
 
 
@@ -537,7 +562,7 @@ def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: 
 
 
 def write_plots(config: CompareConfig, output_dir: Path, records: list[dict]) -> list[Path]:
-    from .plots import plot_loss_by_position, plot_loss_curves, plot_perplexity_vs_length, plot_task_accuracy
+    from .plots import plot_loss_by_position, plot_loss_curves, plot_passkey_heatmaps, plot_perplexity_vs_length, plot_task_accuracy
 
     files = [
         plot_loss_curves({e: output_dir / e for e in config.encodings}, output_dir / "loss_curves.png",
@@ -545,6 +570,9 @@ def write_plots(config: CompareConfig, output_dir: Path, records: list[dict]) ->
         plot_perplexity_vs_length(records, output_dir / "perplexity_vs_length.png", config.run.data.block_size,
                                   title=f"{config.name}: perplexity by evaluation length (mean ± std over seeds)"),
     ]
+    if any(r["record_type"] == "passkey" for r in records):
+        files.append(plot_passkey_heatmaps(records, output_dir / "passkey.png", config.passkey.train_context,
+                                           title=f"{config.name}: passkey retrieval accuracy (mean over seeds)"))
     if any(r["record_type"] == "position_loss" for r in records):
         files.append(plot_loss_by_position(records, output_dir / "loss_by_position.png", config.run.data.block_size,
                                            title=f"{config.name}: loss by position inside the window"))
@@ -619,6 +647,22 @@ def task_tables(records: list[dict]) -> str:
             out.append(f"| {encoding} | " + " | ".join(by_length[n].format() if n in by_length else "-" for n in lengths) + " |")
         out.append("")
     return "\n".join(out)
+
+
+def passkey_table(records: list[dict]) -> str:
+    rows = [r for r in records if r["record_type"] == "passkey"]
+    contexts = sorted({r["context"] for r in rows})
+    trained = {r["context"] for r in rows if r["in_distribution"]}
+    lines = ["| encoding | " + " | ".join(f"{c}{' (train)' if c in trained else ''}" for c in contexts) + " |",
+             "|---|" + "---:|" * len(contexts)]
+    for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
+        mine = [r for r in rows if r["position_encoding"] == encoding]
+        by_context = {}
+        for context in contexts:  # per seed: the mean over depths; then mean ± std over seeds
+            per_seed_means = per_seed([r for r in mine if r["context"] == context], lambda r: r["seed"], lambda r: r["accuracy"])
+            by_context[context] = stat(s.mean for s in per_seed_means.values())
+        lines.append(f"| {encoding} | " + " | ".join(by_context[c].format() for c in contexts) + " |")
+    return "\n".join(lines)
 
 
 def training_table(records: list[dict]) -> str:
@@ -699,6 +743,20 @@ def results_markdown(config: CompareConfig, records: list[dict], timings: dict, 
             f"greedy decoding on {tasks.num_test_examples} new instances per length.",
             "",
             task_tables(records),
+        ]
+    if any(r["record_type"] == "passkey" for r in records):
+        pk = config.passkey
+        parts += [
+            "## Passkey retrieval",
+            "",
+            f"A {pk.key_digits}-digit key between two `+` markers, hidden in random-digit filler at a given depth (0: "
+            f"first, 1: last); one {pk.num_hidden_layers}-layer model (hidden {pk.hidden_size}) per encoding trained "
+            f"{pk.max_steps} steps on prompts of up to {pk.train_context} tokens, tested greedily on "
+            f"{pk.num_test_examples} new instances per cell. Exact-match accuracy averaged over depths "
+            f"{pk.depths} (mean ± std over seeds); passkey.png has every depth.",
+            "",
+            passkey_table(records),
+            "",
         ]
     parts += ["## Training", "", training_table(records), "", "## Time", "", timings_table(timings), ""]
     if files:

@@ -172,6 +172,41 @@ def plot_loss_by_position(records: Sequence[dict], path: str | Path, train_lengt
     return save(figure, path)
 
 
+def plot_passkey_heatmaps(records: Sequence[dict], path: str | Path, train_context: int | None = None,
+                          title: str = "Passkey retrieval accuracy") -> Path:
+    """One heatmap per encoding: accuracy (mean over seeds) by context length (x) and key depth (y)."""
+    rows = [r for r in records if r.get("record_type") == "passkey"]
+    encodings = list(dict.fromkeys(r["position_encoding"] for r in rows))
+    contexts = sorted({r["context"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    columns = min(3, max(1, len(encodings)))
+    figure = new_figure(3.4 * columns, 2.9 * math.ceil(max(1, len(encodings)) / columns))
+    axes = figure.subplots(math.ceil(max(1, len(encodings)) / columns), columns, squeeze=False).ravel()
+    image = None
+    for ax, encoding in zip(axes, encodings):
+        grid = [[_mean([r["accuracy"] for r in rows if r["position_encoding"] == encoding and r["context"] == c
+                        and r["depth"] == d]) for c in contexts] for d in depths]  # (depths, contexts)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(contexts)), [f"{c}{'*' if train_context and c <= train_context else ''}" for c in contexts])
+        ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+        ax.set_title(encoding)
+        ax.set_xlabel("context (tokens; * = trained)")
+        ax.set_ylabel("key depth")
+    for ax in axes[len(encodings):]:
+        ax.set_visible(False)
+    if image is not None:
+        figure.colorbar(image, ax=list(axes[: len(encodings)]), shrink=0.8, label="exact-match accuracy")
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
 def _mean_and_std(rows: Sequence[dict], x_key: str, y_key: str) -> list[tuple[float, float, float]]:
     """(x, mean, std) over the rows sharing x (one row per seed; std 0 for one seed); failed rows are skipped."""
     grouped: dict = defaultdict(list)
@@ -250,6 +285,7 @@ __all__ = [
     "plot_perplexity_vs_length",
     "plot_task_accuracy",
     "plot_loss_by_position",
+    "plot_passkey_heatmaps",
     "plot_sweep",
     "encoding_color",
     "ENCODING_COLORS",
