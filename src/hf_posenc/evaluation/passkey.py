@@ -46,6 +46,7 @@ class PasskeySettings:
     num_attention_heads: int = 4
     num_key_value_heads: int | None = None
     attn_implementation: str = "sdpa"
+    initializer_range: float = 0.02
     max_steps: int = 300
     batch_size: int = 32
     lr: float = 3e-3
@@ -80,8 +81,10 @@ class PasskeySettings:
         if not isinstance(self.depths, list) or not self.depths or any(
                 isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in self.depths):
             raise UsageError(f"{source}.depths must be a non-empty list of numbers in [0, 1], got {self.depths!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise UsageError(f"{source}.lr must be a number > 0, got {self.lr!r}")
+        for name in ("lr", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UsageError(f"{source}.{name} must be a number > 0, got {value!r}")
 
     @property
     def min_context(self) -> int:

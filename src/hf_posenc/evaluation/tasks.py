@@ -122,6 +122,7 @@ class TaskSettings:
     num_attention_heads: int = 4
     num_key_value_heads: int | None = None
     attn_implementation: str = "sdpa"
+    initializer_range: float = 0.02  # std of the initial weights (tiny models learn positions faster near 1/sqrt(hidden))
     # training
     max_steps: int = 400
     batch_size: int = 64
@@ -169,7 +170,7 @@ class TaskSettings:
             raise UsageError(f"{source}.test_lengths must be a non-empty list of integers >= 1, got {self.test_lengths!r}")
         for length in self.test_lengths:
             _check_int(f"{source}.test_lengths", length, 1)
-        for name in ("lr",):
+        for name in ("lr", "initializer_range"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"{source}.{name} must be a finite number > 0, got {value!r}")
@@ -229,6 +230,7 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
             pad_token_id=SYMBOL_IDS[PAD],
             bos_token_id=SYMBOL_IDS[BOS],
             eos_token_id=SYMBOL_IDS[EOS],
+            initializer_range=settings.initializer_range,
         )
     except ValueError as error:
         raise UsageError(f"invalid task model: {error}") from error
