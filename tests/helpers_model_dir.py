@@ -1,7 +1,8 @@
 """Build a tiny MODEL_DIR that follows the model directory contract (see docs/hub.md), for the hub tests.
 
-The folder is what `hf-posenc train` (and `hf-posenc eval`) would leave behind, made here without their
-code so the hub tests do not depend on the training command:
+The folder is what `hf-posenc train` (and `hf-posenc eval`) would leave behind, made here without running
+them (so the hub tests stay fast), but written through the same run-folder writers and the same nested
+RunConfig that training uses, so the fixture cannot drift from what a real run writes:
 
     config.json, model.safetensors (or pytorch_model.bin), generation_config.json, remote-code .py files
     tokenizer files (a byte-level BPE trained with `tokenizers`, saved as a transformers fast tokenizer)
@@ -14,18 +15,18 @@ parameters); nothing is made up.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
 import torch
-import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 import hf_posenc  # noqa: F401  (registers the Auto classes and remote code)
 from hf_posenc import PosEncConfig, PosEncForCausalLM
-from hf_posenc.data.corpus import describe_data  # the data description format of train_summary.json / eval.json
+from hf_posenc import run_folder
+from hf_posenc.data.corpus import data_source_record
+from hf_posenc.train.run_config import RunConfig
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 BLOCK_SIZE = 32
@@ -106,11 +107,28 @@ def measured_eval(model, token_ids: list[int], lengths=(32, 64, 128)) -> dict:
         "position_encoding": encoding,
         "train_length": BLOCK_SIZE,
         "data": None,
+        "variant": None,
+        "split": "validation",
         "stride": None,
         "rope_scaling": None,
+        "max_tokens": None,
+        "max_windows": None,
+        "eval_runtime_s": 0.0,
         "results": results,
         "tasks": [],
     }
+
+
+def tiny_run_config(position_encoding: str, data: str, vocab_size: int) -> RunConfig:
+    """The nested run config a real `hf-posenc train` of this tiny model would save."""
+    return RunConfig.from_dict({
+        "model": {"position_encoding": position_encoding, "hidden_size": 32, "intermediate_size": 64,
+                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "max_position_embeddings": MAX_POSITIONS, "vocab_size": vocab_size},
+        "data": {"name": data, "block_size": BLOCK_SIZE},
+        "tokenizer": {"vocab_size": vocab_size},
+        "training": {"max_steps": 2, "per_device_batch_size": 1, "lr": 1e-3, "seed": 0, "warmup_steps": 1},
+    })
 
 
 def build_model_dir(
@@ -144,38 +162,32 @@ def build_model_dir(
     if with_run_files:
         train_loss = _loss_on(model, token_ids[:BLOCK_SIZE])
         eval_loss = _loss_on(model, token_ids[BLOCK_SIZE : 2 * BLOCK_SIZE])
-        run_config = {
-            "position_encoding": position_encoding,
-            "data": data,
-            "block_size": BLOCK_SIZE,
-            "max_steps": 2,
-            "learning_rate": 1e-3,
-            "per_device_train_batch_size": 1,
-            "seed": 0,
-            "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
-        }
-        (path / "run_config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False), encoding="utf-8")
-        rows = [
-            {"step": 1, "loss": train_loss, "lr": 1e-3, "tokens_per_s": 1000.0, "epoch": 0.5},
-            {"step": 2, "loss": train_loss, "lr": 5e-4, "tokens_per_s": 1000.0, "epoch": 1.0},
-            {"step": 2, "eval_loss": eval_loss},
-        ]
-        (path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        summary = {
+        run_folder.write_run_config(path, tiny_run_config(position_encoding, data, len(tokenizer)).to_dict())
+        metrics = run_folder.MetricsLog(path / run_folder.METRICS_FILE)
+        for step, lr in ((1, 1e-3), (2, 5e-4)):
+            metrics.write({"step": step, "loss": train_loss, "lr": lr, "grad_norm": 1.0, "tokens_per_s": 1000.0,
+                           "tokens_seen": step * BLOCK_SIZE, "epoch": step / 2, "elapsed_s": 0.25 * step})
+        metrics.write({"step": 2, "eval_loss": eval_loss})
+        run_folder.write_train_summary(path, {
             "position_encoding": position_encoding,
             "block_size": BLOCK_SIZE,
             "max_steps": 2,
+            "steps_completed": 2,
+            "stopped_early": False,
             "tokens_seen": 2 * BLOCK_SIZE,
             "final_loss": train_loss,
             "final_eval_loss": eval_loss,
             "train_runtime_s": 0.5,
-            "data": describe_data(data),
+            "data": data_source_record(data),
             "num_parameters": model.num_parameters(),
-        }
-        (path / "train_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+            "num_processes": 1,
+            "global_batch_size": 1,
+            "mixed_precision": "no",
+            "vocab_size": len(tokenizer),
+        })
     if with_eval:
-        evaluation = measured_eval(model, token_ids) | {"model_dir": str(path), "data": describe_data(data)}
-        (path / "eval.json").write_text(json.dumps(evaluation, indent=2), encoding="utf-8")
+        evaluation = measured_eval(model, token_ids) | {"model_dir": str(path), "data": data_source_record(data)}
+        run_folder.write_eval(path / run_folder.EVAL_FILE, evaluation)
     if with_checkpoints:
         checkpoint = path / "checkpoints" / "checkpoint-2"
         checkpoint.mkdir(parents=True)

@@ -161,10 +161,12 @@ def test_cli_writes_eval_json_with_unsupported_rows(model_dirs, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "unsupported" in printed and "| 32 (train) |" in printed
-    evaluation = json.loads((directory / "eval.json").read_text())
+    # other data than the model was trained on: a variant, never the model's own eval.json
+    assert not (directory / "eval.json").exists()
+    evaluation = json.loads((directory / "eval_variants" / "data-text.json").read_text())
     assert evaluation["position_encoding"] == "learned" and evaluation["train_length"] == 32
     assert evaluation["stride"] is None and evaluation["rope_scaling"] is None
-    assert isinstance(evaluation["data"], str) and evaluation["tasks"] == []
+    assert evaluation["data"]["kind"] == "local" and evaluation["tasks"] == [] and evaluation["variant"] == "data-text"
     rows = {r["eval_length"]: r for r in evaluation["results"]}
     assert set(rows[32]) >= {"eval_length", "perplexity", "loss", "num_tokens", "status", "reason"}
     assert rows[32]["status"] == rows[64]["status"] == "ok" and rows[32]["num_tokens"] == 3 * 31
@@ -190,3 +192,56 @@ def test_rope_scaling_at_eval_time_changes_rope_results(model_dirs, tmp_path):
     assert ppl["dynamic"][0] == pytest.approx(ppl["plain"][0], rel=1e-6)
     assert ppl["dynamic"][1] != pytest.approx(ppl["plain"][1], rel=1e-6)
     assert json.loads((tmp_path / "linear.json").read_text())["rope_scaling"]["rope_type"] == "linear"
+
+
+def test_eval_json_holds_only_the_models_own_measurement(model_dirs, tmp_path, capsys):
+    directory = build_model_dir(tmp_path / "model", "rope", data=str(model_dirs["data"]))  # trained on that text
+    common = ["--lengths", "32", "--max-windows", "2", "--no-progress"]
+    assert main(["eval", str(directory), *common]) == 0
+    plain = (directory / "eval.json").read_bytes()
+    assert json.loads(plain)["variant"] is None and json.loads(plain)["data"]["kind"] == "local"
+    other = write_text_folder(tmp_path / "other")
+    assert main(["eval", str(directory), *common, "--rope-scaling", "yarn", "--rope-factor", "2"]) == 0
+    assert main(["eval", str(directory), *common, "--data", str(other)]) == 0
+    assert "eval_variants/data-other.json" in capsys.readouterr().out
+    assert (directory / "eval.json").read_bytes() == plain  # untouched by both variants
+    assert sorted(p.name for p in (directory / "eval_variants").iterdir()) == ["data-other.json", "rope-yarn.json"]
+
+
+def _drop_a_tensor(folder):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    weights.pop(sorted(weights)[-1])
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_drop_a_tensor, "do not match its config.json"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:500]), "cannot load the model"),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "cannot load the model"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"garbage" * 20), "cannot load the model"),
+        (lambda d: (d / "config.json").write_text("[1, 2]"), "got a JSON list"),
+        (lambda d: (d / "config.json").write_bytes(b"\xff\xfe{"), "not UTF-8"),
+        (lambda d: (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text()[:300]), "cannot load the tokenizer"),
+        (lambda d: (d / "train_summary.json").write_text(""), "train_summary.json: the file is empty"),
+    ],
+)
+def test_a_damaged_model_folder_is_one_clear_line(model_dirs, tmp_path, capsys, damage, message):
+    directory = build_model_dir(tmp_path / "model", "alibi")
+    damage(directory)
+    capsys.readouterr()
+    assert main(["eval", str(directory), "--lengths", "32", "--data", str(model_dirs["data"]), "--max-windows", "1",
+                 "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    last = error.strip().splitlines()[-1]
+    assert last.startswith("hf-posenc eval: error:") and message in last and "Traceback" not in error, error
+
+
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_model_loads(model_dirs, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for output, message in ((tmp_path / "file" / "eval.json", "is a file, not a folder"), (tmp_path, "is a folder")):
+        assert main(["eval", str(model_dirs["alibi"]), "--lengths", "32", "--output", str(output), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err

@@ -75,3 +75,24 @@ def test_figures_command_draws_pngs(tmp_path, capsys):
     assert all(is_png(p) and p.stat().st_size < 300_000 for p in written)
     assert main(["figures", "--models", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_a_model_with_a_missing_tensor_is_refused_by_figures(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from hf_posenc.cli import main
+
+    model_dir = build_model_dir(tmp_path / "model", "alibi")
+    weights = load_file(model_dir / "model.safetensors")
+    weights.pop("model.norm.weight")
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    assert main(["figures", "--output-dir", str(tmp_path / "figs"), "--models", str(model_dir), "--no-progress"]) == 2
+    assert "do not match its config.json" in capsys.readouterr().err
+
+
+def test_a_figures_output_dir_under_a_file_is_refused(tmp_path, capsys):
+    from hf_posenc.cli import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["figures", "--output-dir", str(tmp_path / "file" / "figs"), "--no-progress"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

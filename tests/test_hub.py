@@ -390,3 +390,69 @@ def test_upload_sends_exactly_the_dry_run_folder(learned_dir, tmp_path, monkeypa
     assert sorted(calls["files"]) == sorted(dry) == EXPECTED_FILES
     for name in ("README.md", "config.json", "model.safetensors", "modeling_hf_posenc.py", "tokenizer.json"):
         assert calls["files"][name] == dry[name], name
+
+
+def test_card_training_rows_come_from_the_nested_run_config(plain_dir):
+    config = json.loads((plain_dir / "config.json").read_text())
+    rows = dict(hub.training_rows(hub.read_run_records(plain_dir, config)))
+    assert rows["Learning rate (peak)"] == "0.001"  # training.lr of the nested run config
+    assert rows["Training sequence length (block size)"] == "32" and rows["Optimizer steps (max_steps)"] == "2"
+    assert rows["Per-device batch size"] == "1" and rows["Sequences per optimizer step (global batch)"] == "1"
+
+
+def test_folders_of_older_releases_still_make_a_card(tmp_path):
+    """A flat run config and a data source stored as prose (what earlier releases wrote) still read."""
+    model_dir = build_model_dir(tmp_path / "model", "alibi")
+    (model_dir / "run_config.yaml").write_text("position_encoding: alibi\ndata: stdlib\nblock_size: 32\n"
+                                              "max_steps: 2\nlearning_rate: 0.002\n")
+    summary = json.loads((model_dir / "train_summary.json").read_text())
+    summary["data"] = "stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)"
+    (model_dir / "train_summary.json").write_text(json.dumps(summary))
+    config = json.loads((model_dir / "config.json").read_text())
+    records = hub.read_run_records(model_dir, config)
+    assert dict(hub.training_rows(records))["Learning rate (peak)"] == "0.002"
+    assert hub.training_data_source(records).python_version == "3.11"
+
+
+def test_eval_variants_are_labelled_and_never_the_models_perplexity(tmp_path):
+    model_dir = build_model_dir(tmp_path / "model", "rope", with_eval=True)
+    variant = json.loads((model_dir / "eval.json").read_text())
+    variant.update(variant="rope-yarn", rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    for row in variant["results"]:
+        row["perplexity"] = 1234.5  # distinguishable from the model's own numbers
+    (model_dir / "eval_variants").mkdir()
+    (model_dir / "eval_variants" / "rope-yarn.json").write_text(json.dumps(variant))
+    out = tmp_path / "upload"
+    files = hub.assemble_upload_folder(model_dir, out, "someone/tiny-rope")
+    assert "eval_variants/rope-yarn.json" in files
+    card = ModelCard.load(out / "README.md")
+    assert "### Variants (not the model's own perplexity)" in card.text
+    assert "| rope-yarn | RoPE scaling yarn x4 | 32 | 1234.50 |" in card.text
+    assert all(result.metric_value != 1234.5 for result in card.data.eval_results)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:400]), "cannot load the model"),
+        (lambda d: (d / "tokenizer.json").write_text((d / "tokenizer.json").read_text()[:300]), "cannot load the tokenizer"),
+        (lambda d: (d / "config.json").write_text("[]"), "got a JSON list"),
+        (lambda d: (d / "train_summary.json").write_text('{"data": 7}'), "data must be an object or a string"),
+    ],
+    ids=["truncated-weights", "truncated-tokenizer", "config-is-a-list", "summary-data-wrong-type"],
+)
+def test_a_damaged_model_folder_is_one_line_in_push(plain_dir, tmp_path, capsys, damage, message):
+    model_dir = copy_of(plain_dir, tmp_path)
+    damage(model_dir)
+    capsys.readouterr()
+    assert push(model_dir, "--repo-id", "someone/x", "--dry-run", tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert message in error.strip().splitlines()[-1] and "Traceback" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_folder_under_a_file_is_refused_before_any_work(plain_dir, tmp_path, monkeypatch, capsys):
+    forbid_work(monkeypatch)
+    (tmp_path / "file").write_text("x")
+    assert push(plain_dir, "--repo-id", "someone/x", "--dry-run", tmp_path / "file" / "out") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -76,7 +76,8 @@ def test_output_dir_follows_the_model_directory_contract_and_the_loss_falls(corp
     assert summary == json.loads((out / "train_summary.json").read_text())
     assert summary["position_encoding"] == "rope" and summary["block_size"] == 32 and summary["max_steps"] == 30
     assert summary["tokens_seen"] == 30 * 8 * 32 and summary["final_loss"] == train_rows[-1]["loss"]
-    assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"].startswith("local: ")
+    assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"]["kind"] == "local"
+    assert summary["data"]["description"].startswith("local: ")
     assert summary["num_parameters"] > 0 and summary["train_runtime_s"] > 0
 
     resolved = load_run_config(out / "run_config.yaml")

@@ -12,7 +12,9 @@ def register(subparsers) -> None:
         description=(
             "Score held-out text in windows of each evaluation length and report perplexity per length. "
             "Lengths the position encoding cannot represent (learned beyond max_position_embeddings) are reported "
-            "as 'unsupported'. Writes MODEL_DIR/eval.json (or --output)."
+            "as 'unsupported'. Writes MODEL_DIR/eval.json (or --output); with --rope-scaling, --data other than "
+            "the training data or --split train it writes MODEL_DIR/eval_variants/<variant>.json instead, so "
+            "eval.json always holds the model's own measurement."
         ),
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by hf-posenc train")
@@ -36,7 +38,8 @@ def register(subparsers) -> None:
     budget.add_argument("--max-tokens", metavar="N", help="score about N tokens per length (whole windows) to bound cost")
     budget.add_argument("--max-windows", metavar="N", help="score at most N windows per length")
     parser.add_argument("--batch-size", default="8", metavar="N", help="windows per forward pass (default: 8)")
-    parser.add_argument("--output", metavar="FILE.json", help="where to write the results (default: MODEL_DIR/eval.json)")
+    parser.add_argument("--output", metavar="FILE.json", help="where to write the results (default: MODEL_DIR/eval.json, or "
+                        "MODEL_DIR/eval_variants/<variant>.json for RoPE scaling / other data / the train split)")
     parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -63,5 +66,9 @@ def run(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     print(format_eval_table(evaluation))
-    print(f"\nwritten: {args.output or f'{args.model_dir}/eval.json'}")
+    from ..run_folder import default_eval_path
+
+    print(f"\nwritten: {args.output or default_eval_path(args.model_dir, evaluation['variant'])}")
+    if evaluation["variant"] is not None:
+        print(f"(a variant, {evaluation['variant']!r}: the model's own measurement in eval.json is left as it was)")
     return 0

@@ -142,6 +142,19 @@ def describe_data(data: str | None, data_config: str | None = None) -> str:
     return f"hub: {data}" + (f" ({data_config})" if data_config else "")
 
 
+def data_source_record(data: str | None, data_config: str | None = None) -> dict:
+    """The structured form of ``describe_data`` that train_summary.json and eval.json store."""
+    from ..run_folder import data_record
+
+    description = describe_data(data, data_config)
+    if is_embedded_corpus(data):
+        return data_record("embedded", "stdlib", python_version=sysconfig.get_python_version(), description=description)
+    path = resolve_local_path(data)
+    if path is not None:
+        return data_record("local", str(path.resolve()), description=description)
+    return data_record("hub", data, data_config, description=description)
+
+
 def data_fingerprint(data: str | None, data_config: str | None = None, text_field: str = "text") -> str:
     """A short hash that changes when the data changes (files: path, size, mtime); keys tokenizer caches."""
     hasher = hashlib.sha256()

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
+from .. import run_folder
 from ..errors import UsageError
 
 PERPLEXITY_METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "perplexity"
 ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
-EVAL_FILE = "eval.json"
+EVAL_FILE = run_folder.EVAL_FILE
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
@@ -105,10 +105,7 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UsageError(f"{str(path)!r} holds no model: config.json is missing (expected the output of hf-posenc train)")
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{str(config_file)!r} is not valid JSON: {error}") from error
+    raw = run_folder.read_json_object(config_file, "the model's config object")
     if raw.get("model_type") != "hf_posenc":
         raise UsageError(
             f"{str(path)!r} holds a {raw.get('model_type')!r} model, not an hf_posenc model (model_type 'hf_posenc'); "
@@ -126,17 +123,14 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
         config = PosEncConfig.from_pretrained(str(path))
         with torch.device("meta"):  # no memory for the tables: we only read max_positions
             max_positions = build_position_encoding(config).max_positions
-    except (ValueError, TypeError, KeyError) as error:
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise UsageError(f"{str(config_file)!r} is not a valid hf_posenc config: {error}") from error
 
-    run = _read_yaml(path / "run_config.yaml")
-    data = run.get("data") if isinstance(run.get("data"), dict) else {}
-    train_length = None
-    summary_file = path / "train_summary.json"
-    if summary_file.is_file():
-        train_length = json.loads(summary_file.read_text()).get("block_size")
-    if train_length is None:
-        train_length = data.get("block_size")
+    records = run_folder.RunRecords(run_config=run_folder.read_run_config(path),
+                                    train_summary=run_folder.read_train_summary(path))
+    data = (records.run_config or {}).get("data")
+    data = data if isinstance(data, dict) else {}
+    train_length = records.train_length
     return ModelDirInfo(
         path=path,
         config=config,
@@ -147,13 +141,6 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
         data_config=data.get("config"),
         text_field=data.get("text_field") or "text",
     )
-
-
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    loaded = yaml.safe_load(path.read_text())
-    return loaded if isinstance(loaded, dict) else {}
 
 
 # ---- RoPE scaling ---------------------------------------------------------------------------------------
@@ -358,10 +345,12 @@ def perplexity_by_length(
 def load_eval_model(info: ModelDirInfo, rope_scaling: dict | None = None, attn_implementation: str = "sdpa", device=None):
     from ..model.modeling_hf_posenc import PosEncForCausalLM
 
+    from ..model.loading import load_model_folder
+
     config = scaled_config(info.config, rope_scaling) if rope_scaling else info.config
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = PosEncForCausalLM.from_pretrained(str(info.path), config=config, attn_implementation=attn_implementation,
-                                              dtype=torch.float32)
+    model = load_model_folder(info.path, PosEncForCausalLM, config=config, attn_implementation=attn_implementation,
+                              dtype=torch.float32)
     return model.to(device).eval()
 
 
@@ -384,10 +373,14 @@ def evaluate_model_dir(
     device=None,
     show_progress: bool = True,
 ) -> dict:
-    """Evaluate perplexity at each length and write ``eval.json`` (``output`` or ``MODEL_DIR/eval.json``).
+    """Evaluate perplexity at each length and write the result (``output``, else the model folder's default).
 
-    Every argument is checked before the model is loaded. ``data=None`` means the data recorded in the model's
-    run_config.yaml (the embedded corpus if none). Returns the eval.json content.
+    The model's own measurement (its training data, validation split, no eval-time change) goes to
+    ``MODEL_DIR/eval.json``; with RoPE scaling, other data or the train split it is a *variant*
+    (``variant`` names it) written to ``MODEL_DIR/eval_variants/<variant>.json`` and never replaces
+    eval.json. Every argument and the output path are checked before the model is loaded. ``data=None``
+    means the data recorded in the model's run_config.yaml (the embedded corpus if none). Returns the
+    written content.
     """
     lengths = parse_lengths(lengths)
     stride = parse_positive_int("--stride", stride)
@@ -398,17 +391,22 @@ def evaluate_model_dir(
         raise UsageError(f"--stride ({stride}) must be <= every evaluation length (the smallest is {min(lengths)})")
     info = inspect_model_dir(model_dir)
     scaling = rope_scaling_parameters(info, rope_scaling, rope_factor, lengths)
+    custom_data = data if data is not None and (data, data_config) != (info.data_name, info.data_config) else None
     if data is None:
         data, data_config = info.data_name, info.data_config if data_config is None else data_config
     text_field = text_field or info.text_field
-    from ..data.corpus import describe_data
+    from ..data.corpus import data_source_record
 
-    description = describe_data(data, data_config)  # fails early on a missing local path
+    source = data_source_record(data, data_config)  # fails early on a missing local path
+    variant = run_folder.eval_variant_name(scaling, custom_data, split)
+    output_path = Path(output) if output is not None else run_folder.default_eval_path(info.path, variant)
+    if write:
+        run_folder.check_writable_file(output_path, "evaluation output")
 
     start = time.perf_counter()
-    from transformers import AutoTokenizer
+    from ..model.loading import load_tokenizer_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(info.path))
+    tokenizer = load_tokenizer_folder(info.path)
     supported = [n for n in lengths if info.max_positions is None or n <= info.max_positions]
     needed = tokens_needed(supported, stride, max_windows, max_tokens) if supported else 0
     token_ids = eval_token_ids(tokenizer, data, split=split, data_config=data_config, text_field=text_field,
@@ -419,13 +417,13 @@ def evaluate_model_dir(
         batch_size=batch_size, max_positions=info.max_positions, show_progress=show_progress,
         label=info.position_encoding,
     )
-    output_path = Path(output) if output is not None else info.path / EVAL_FILE
     previous = _read_json(output_path)
     evaluation = {
         "model_dir": str(info.path),
         "position_encoding": info.position_encoding,
         "train_length": info.train_length,
-        "data": description,
+        "data": source,
+        "variant": variant,
         "split": split,
         "stride": stride,
         "rope_scaling": scaling,
@@ -436,8 +434,7 @@ def evaluate_model_dir(
         "tasks": previous.get("tasks", []) if isinstance(previous.get("tasks"), list) else [],  # kept, not ours to drop
     }
     if write:
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        output_path.write_text(json.dumps(evaluation, indent=2) + "\n")
+        run_folder.write_eval(output_path, evaluation)
     return evaluation
 
 
@@ -449,6 +446,10 @@ def _read_json(path: Path) -> dict:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _describe(data) -> str:
+    return data.get("description") or data.get("name") or data.get("kind") if isinstance(data, dict) else str(data)
+
+
 def format_eval_table(evaluation: dict) -> str:
     """A markdown table of one eval.json (what ``hf-posenc eval`` prints)."""
     train = evaluation.get("train_length")
@@ -456,7 +457,7 @@ def format_eval_table(evaluation: dict) -> str:
     lines = [
         f"Perplexity of {evaluation['model_dir']} (position_encoding={evaluation['position_encoding']}"
         + (f", trained on {train}-token sequences" if train else "") + ")",
-        f"data: {evaluation['data']} ({evaluation.get('split', 'validation')} split), {windows}"
+        f"data: {_describe(evaluation['data'])} ({evaluation.get('split', 'validation')} split), {windows}"
         + (f", RoPE scaling {evaluation['rope_scaling']}" if evaluation.get("rope_scaling") else ""),
         "",
         "| length | perplexity | loss (nats/token) | scored tokens | windows | status |",

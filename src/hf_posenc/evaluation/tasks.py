@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from .. import run_folder
 from ..errors import UsageError
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -39,9 +40,9 @@ TASK_NAMES = ("copy", "reverse", "addition")
 VOCABULARY = (PAD, BOS, EOS, UNK, *DIGITS, PLUS, SEP, *(f"[{name}]" for name in TASK_NAMES))
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt and padding)
 
-TASK_SUMMARY_FILE = "task_summary.json"
-TASK_METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = "eval.json"
+TASK_SUMMARY_FILE = run_folder.TASK_SUMMARY_FILE
+TASK_METRICS_FILE = run_folder.METRICS_FILE
+EVAL_FILE = run_folder.EVAL_FILE
 
 
 # ---- the tasks: inputs and their exact targets ----------------------------------------------------------
@@ -398,17 +399,23 @@ def run_task_study(position_encoding: str, settings: TaskSettings, output_dir: s
     summary["eval_runtime_s"] = time.perf_counter() - start
     model.save_pretrained(str(output_dir))
     build_task_tokenizer().save_pretrained(str(output_dir))
+    description = f"synthetic tasks {settings.tasks}, lengths {settings.train_min_length}..{settings.train_max_length}"
     evaluation = {
         "model_dir": str(output_dir),
         "position_encoding": position_encoding,
         "train_length": settings.train_max_length,
-        "data": f"synthetic tasks {settings.tasks}, lengths {settings.train_min_length}..{settings.train_max_length}",
+        "data": run_folder.data_record("synthetic", "tasks", description=description),
+        "variant": None,
+        "split": None,
         "stride": None,
         "rope_scaling": None,
+        "max_tokens": None,
+        "max_windows": None,
+        "eval_runtime_s": summary["eval_runtime_s"],
         "results": [],
         "tasks": results,
     }
-    (output_dir / EVAL_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    run_folder.write_eval(output_dir / EVAL_FILE, evaluation)
     (output_dir / TASK_SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return results
 

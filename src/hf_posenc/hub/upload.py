@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .. import run_folder
 from ..errors import UsageError
+from ..run_folder import RUN_RECORD_FILES, RunRecords, is_measured as _is_measured
 
 BUILTIN_ENCODINGS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope")
 REMOTE_CODE_FILES = ("configuration_hf_posenc.py", "modeling_hf_posenc.py", "encodings_hf_posenc.py")
-RUN_RECORD_FILES = ("run_config.yaml", "train_summary.json", "metrics.jsonl", "eval.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Pickle-based or training-state files: never part of an upload (loading a pickle can run arbitrary code).
@@ -86,9 +87,9 @@ def check_model_dir(model_dir: str | os.PathLike) -> dict:
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise UsageError(f"MODEL_DIR {str(model_dir)!r} has no config.json (expected the output of hf-posenc train)")
-    config = _read_json(config_path)
-    if not isinstance(config, dict) or config.get("model_type") != "hf_posenc":
-        found = config.get("model_type") if isinstance(config, dict) else config
+    config = run_folder.read_json_object(config_path, "the model's config object")
+    if config.get("model_type") != "hf_posenc":
+        found = config.get("model_type")
         raise UsageError(f"{config_path} must have model_type 'hf_posenc', got {found!r}")
     encoding = config.get("position_encoding")
     if encoding not in BUILTIN_ENCODINGS:
@@ -110,7 +111,7 @@ def check_dry_run_dir(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UsageError(f"--dry-run {str(out_dir)!r} exists and is not an empty directory; choose a new folder")
-    return out_dir
+    return run_folder.check_writable_dir(out_dir, "--dry-run")
 
 
 def check_template(template: str | os.PathLike | None) -> str:
@@ -133,101 +134,13 @@ def _read_json(path: Path):
 # ---------------------------------------------------------------- run records (defensive: any may be missing)
 
 
-@dataclass
-class RunRecords:
-    run_config: dict | None = None
-    train_summary: dict | None = None
-    metrics: list[dict] = field(default_factory=list)
-    eval: dict | None = None
-    notes: list[str] = field(default_factory=list)  # what was skipped, to tell the user
-
-    @property
-    def ok_results(self) -> list[dict]:
-        """eval.json results with a measured, finite perplexity, by increasing length."""
-        if not self.eval:
-            return []
-        rows = [row for row in self.eval["results"] if _is_measured(row)]
-        return sorted(rows, key=lambda row: row["eval_length"])
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _is_measured(row: dict) -> bool:
-    value = row.get("perplexity")
-    return row.get("status") == "ok" and _is_number(value) and math.isfinite(value)
-
-
 def read_run_records(model_dir: str | os.PathLike, config: dict) -> RunRecords:
-    """Read run_config.yaml, train_summary.json, metrics.jsonl and eval.json; refuse malformed ones."""
-    import yaml
-
-    model_dir = Path(model_dir)
-    records = RunRecords()
-    run_config_path = model_dir / "run_config.yaml"
-    if run_config_path.is_file():
-        try:
-            records.run_config = yaml.safe_load(run_config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise UsageError(f"{run_config_path} is not valid YAML ({error}); fix or remove it") from None
-        if not isinstance(records.run_config, dict):
-            raise UsageError(f"{run_config_path} must hold a mapping, got {type(records.run_config).__name__}")
-    summary_path = model_dir / "train_summary.json"
-    if summary_path.is_file():
-        records.train_summary = _read_json(summary_path)
-        if not isinstance(records.train_summary, dict):
-            raise UsageError(f"{summary_path} must hold a JSON object")
-    metrics_path = model_dir / "metrics.jsonl"
-    if metrics_path.is_file():
-        records.metrics = _read_metrics(metrics_path, records.notes)
-    eval_path = model_dir / "eval.json"
-    if eval_path.is_file():
-        records.eval = _read_eval(eval_path, config)
-    return records
-
-
-def _read_metrics(path: Path, notes: list[str]) -> list[dict]:
-    rows, skipped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # e.g. the last line cut short by a killed run
-            skipped += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            skipped += 1
-    if skipped:
-        notes.append(f"skipped {skipped} unreadable line(s) of {path.name}")
-    return rows
-
-
-def _read_eval(path: Path, config: dict) -> dict:
-    data = _read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
-        raise UsageError(f"{path} must be a JSON object with a 'results' list (the output of hf-posenc eval)")
-    encoding = data.get("position_encoding")
-    if encoding is not None and encoding != config.get("position_encoding"):
-        raise UsageError(
-            f"{path} evaluates position_encoding {encoding!r} but config.json has "
-            f"{config.get('position_encoding')!r}: it belongs to another model"
-        )
-    for index, row in enumerate(data["results"]):
-        if not isinstance(row, dict) or isinstance(row.get("eval_length"), bool) or not isinstance(
-            row.get("eval_length"), int
-        ):
-            raise UsageError(f"{path}: results[{index}] needs an integer 'eval_length', got {row!r}")
-        if row.get("status") == "ok" and not _is_number(row.get("perplexity")):
-            raise UsageError(f"{path}: results[{index}] has status 'ok' but perplexity {row.get('perplexity')!r}")
-    tasks = data.get("tasks") or []
-    if not isinstance(tasks, list) or not all(isinstance(task, dict) for task in tasks):
-        raise UsageError(f"{path}: 'tasks' must be a list of objects, got {tasks!r}")
-    data["tasks"] = tasks
-    return data
+    """The folder's run records through the one run-folder reader (eval.json checked against ``config``)."""
+    return run_folder.read_run_records(model_dir, config.get("position_encoding"))
 
 
 # ---------------------------------------------------------------- data sources
@@ -274,12 +187,6 @@ class DataSource:
         return f"the text of {self.name}" if self.kind == "hub" else "the text it was trained on"
 
 
-# "stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)", "local: /abs/path", "hub: name (config)":
-# the descriptions hf_posenc.data.corpus.describe_data stores in train_summary.json and eval.json.
-_RECORDED_DATA = re.compile(r"^(stdlib|local|hub):\s*(.*)$", re.DOTALL)
-_HUB_WITH_CONFIG = re.compile(r"^(\S+)(?:\s+\((.*)\))?$")
-
-
 def data_source(data, data_config: str | None = None) -> DataSource:
     """Classify a data value: a ``--data`` argument (as in run_config.yaml) or a recorded description."""
     from huggingface_hub.errors import HFValidationError
@@ -287,6 +194,8 @@ def data_source(data, data_config: str | None = None) -> DataSource:
 
     from ..data.corpus import EMBEDDED_CORPUS_NAMES, JSON_SUFFIXES, TEXT_SUFFIXES
 
+    if isinstance(data, dict) and "kind" in data:  # a structured record (run_folder.data_record)
+        return DataSource(data["kind"], data.get("name"), data.get("config"), data.get("python_version"))
     if isinstance(data, dict):  # a nested data section of a run config
         data_config = data_config or data.get("config") or data.get("data_config")
         data = data.get("name") or data.get("path") or data.get("dataset") or data.get("data")
@@ -295,16 +204,8 @@ def data_source(data, data_config: str | None = None) -> DataSource:
     if not isinstance(data, str):
         return DataSource("unknown", None)
     data = data.strip()
-    recorded = _RECORDED_DATA.match(data)
-    if recorded:
-        kind, rest = recorded.groups()
-        if kind == "stdlib":
-            version = re.search(r"Python (\d+\.\d+)", rest)
-            return DataSource("embedded", "stdlib", python_version=version.group(1) if version else None)
-        if kind == "local":
-            return DataSource("local", rest)
-        name, config = _HUB_WITH_CONFIG.match(rest).groups() if _HUB_WITH_CONFIG.match(rest) else (rest, None)
-        return DataSource("hub", name, config)
+    if re.match(r"^(stdlib|local|hub):", data):  # the prose records of older releases
+        return data_source(run_folder.parse_data_record(data))
     if data.startswith(("/", ".", "~")) or Path(data).suffix in TEXT_SUFFIXES + JSON_SUFFIXES or os.path.exists(data):
         return DataSource("local", data)
     try:
@@ -321,18 +222,15 @@ def eval_data_source(records: RunRecords) -> DataSource:
 
 
 def training_data_source(records: RunRecords) -> DataSource | None:
-    """Where the training text came from: run_config.yaml's data setting, else train_summary.json's record."""
+    """Where the training text came from: train_summary.json's record, else the run config's data setting."""
+    recorded = (records.train_summary or {}).get("data")
+    if recorded is not None:
+        return data_source(run_folder.parse_data_record(recorded))
     run_config = records.run_config or {}
-    summary_data = (records.train_summary or {}).get("data")
-    recorded = data_source(summary_data) if isinstance(summary_data, str) and summary_data.strip() else None
-    for key in ("data", "dataset", "data_path"):
+    for key in ("data", "dataset", "data_path"):  # nested section; flat keys of older folders
         if key in run_config:
-            configured = data_source(run_config[key], run_config.get("data_config"))
-            # The record of the run says which Python's standard library the embedded corpus was.
-            if recorded is not None and configured.kind == recorded.kind == "embedded":
-                return recorded
-            return configured
-    return recorded
+            return data_source(run_config[key], run_config.get("data_config"))
+    return None
 
 
 # ---------------------------------------------------------------- the model card
@@ -371,7 +269,6 @@ def _last(rows: list[dict], key: str):
 def training_rows(records: RunRecords) -> list[tuple[str, str]]:
     """(label, value) pairs for the card's training table; a value that was not recorded is left out."""
     summary = records.train_summary or {}
-    run_config = records.run_config or {}
     last_train, last_eval = _last(records.metrics, "loss"), _last(records.metrics, "eval_loss")
     rows = []
 
@@ -379,11 +276,15 @@ def training_rows(records: RunRecords) -> list[tuple[str, str]]:
         if value is not None:
             rows.append((label, formatter(value)))
 
-    add("Training sequence length (block size)", _first(summary.get("block_size"), run_config.get("block_size")))
-    add("Optimizer steps (max_steps)", _first(summary.get("max_steps"), run_config.get("max_steps")))
+    add("Training sequence length (block size)", _first(summary.get("block_size"), records.setting("data", "block_size")))
+    add("Optimizer steps (max_steps)", _first(summary.get("max_steps"), records.setting("training", "max_steps")))
     add("Last logged step", last_train.get("step") if last_train else None)
+    add("Sequences per optimizer step (global batch)", summary.get("global_batch_size"))
+    add("Per-device batch size", records.setting("training", "per_device_batch_size", "per_device_train_batch_size"))
+    add("Gradient accumulation steps", records.setting("training", "gradient_accumulation_steps"))
     add("Tokens seen", summary.get("tokens_seen"))
-    add("Learning rate", run_config.get("learning_rate"), lambda value: f"{value:g}" if _is_number(value) else str(value))
+    add("Learning rate (peak)", records.setting("training", "lr", "learning_rate"),
+        lambda value: f"{value:g}" if _is_number(value) else str(value))
     add("Final training loss", _first(summary.get("final_loss"), last_train and last_train["loss"]))
     add("Final validation loss", _first(summary.get("final_eval_loss"), last_eval and last_eval["eval_loss"]))
     add("Training time", summary.get("train_runtime_s"), _fmt_duration)
@@ -403,6 +304,27 @@ def eval_table_rows(records: RunRecords) -> list[dict]:
             rows.append({"length": row["eval_length"], "perplexity": _fmt(float(row["perplexity"])), "loss": "-"})
         else:
             rows.append({"length": row["eval_length"], "perplexity": f"not available ({row.get('status')})", "loss": "-"})
+    return rows
+
+
+def variant_rows(records: RunRecords) -> list[dict]:
+    """Measurements that are not the model's own (eval-time RoPE scaling, other data): one row per length."""
+    rows = []
+    for name, evaluation in sorted(records.eval_variants.items()):
+        scaling = evaluation.get("rope_scaling")
+        changes = []
+        if scaling:
+            changes.append(f"RoPE scaling {scaling.get('rope_type')} x{scaling.get('factor'):g}"
+                           if _is_number(scaling.get("factor")) else f"RoPE scaling {scaling.get('rope_type')}")
+        source = data_source(evaluation.get("data")) if evaluation.get("data") else None
+        if "data-" in name and source is not None:
+            changes.append(f"on {source.describe()}")
+        if evaluation.get("split") not in (None, "validation"):
+            changes.append(f"{evaluation['split']} split")
+        for row in sorted(evaluation["results"], key=lambda row: row["eval_length"]):
+            if _is_measured(row):
+                rows.append({"variant": name, "changes": ", ".join(changes) or name, "length": row["eval_length"],
+                             "perplexity": _fmt(float(row["perplexity"]), 2)})
     return rows
 
 
@@ -508,6 +430,7 @@ def build_model_card(
         eval_rows=eval_table_rows(records) if results else [],
         eval_data=eval_data_source(records).describe() if results else None,
         eval_stride=(records.eval or {}).get("stride"),
+        eval_variants=variant_rows(records),
         train_length=_fmt(train_length) if _is_number(train_length) else None,
         tasks=[
             {**task, "accuracy": _fmt(task["accuracy"], 3) if _is_number(task.get("accuracy")) else "-"}
@@ -534,9 +457,7 @@ def assemble_upload_folder(
     template_text: str | None = None,
 ) -> list[str]:
     """Write into the empty folder `out_dir` exactly what is uploaded; return its relative file paths."""
-    from transformers import AutoTokenizer
-
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..model.loading import load_model_folder, load_tokenizer_folder
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = check_model_dir(model_dir)
@@ -544,16 +465,10 @@ def assemble_upload_folder(
 
     # Loading and re-saving with the installed hf_posenc writes safetensors (also from a .bin), auto_map and
     # the current remote-code files. Any weight that does not match the config is refused, not re-initialized.
-    try:
-        model, info = PosEncForCausalLM.from_pretrained(model_dir, dtype="auto", output_loading_info=True)
-    except (RuntimeError, OSError, ValueError) as error:  # e.g. weight shapes that do not match config.json
-        raise UsageError(f"cannot load the model in {model_dir}: {' '.join(str(error).split())[:300]}") from None
-    problems = {key: value for key, value in info.items() if value}  # missing/unexpected/mismatched keys, errors
-    if problems:
-        raise UsageError(f"the weights in {model_dir} do not match its config.json: {problems}")
+    model = load_model_folder(model_dir, dtype="auto")
     model.save_pretrained(out_dir)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer_folder(model_dir)
     if len(tokenizer) > model.config.vocab_size:
         raise UsageError(
             f"the tokenizer in {model_dir} has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -564,6 +479,9 @@ def assemble_upload_folder(
     for name in RUN_RECORD_FILES:
         if (model_dir / name).is_file():
             shutil.copyfile(model_dir / name, out_dir / name)
+    for name in records.eval_variants:  # labelled as variants on the card, never as the model's perplexity
+        (out_dir / run_folder.EVAL_VARIANTS_DIR).mkdir(exist_ok=True)
+        shutil.copyfile(run_folder.default_eval_path(model_dir, name), run_folder.default_eval_path(out_dir, name))
     card = build_model_card(
         config, records, repo_id, license_id=license_id, num_parameters=model.num_parameters(),
         template_text=template_text,

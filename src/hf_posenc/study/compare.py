@@ -15,7 +15,7 @@ A compare config (YAML) has these keys (``configs/compare-tiny.yaml`` is the emb
 Output directory::
 
     DIR/<encoding>/            model folder (hf-posenc train) with eval.json (hf-posenc eval)
-    DIR/<encoding>/eval_rope-<type>.json   extra evaluations of the rope model with eval-time RoPE scaling
+    DIR/<encoding>/eval_variants/rope-<type>.json   evaluations of the rope model with eval-time RoPE scaling
     DIR/tasks/<encoding>/      task model, with eval.json holding its task accuracies
     DIR/results.json           list of records (record_type perplexity | task | training)
     DIR/results.md             markdown tables; DIR/timings.json: wall and CPU time per phase
@@ -41,6 +41,7 @@ from pathlib import Path
 
 import yaml
 
+from .. import run_folder
 from ..errors import UsageError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES, parse_lengths
 from ..train.run_config import RunConfig, parse_yaml, read_config_file
@@ -49,7 +50,7 @@ from ..evaluation.tasks import TaskSettings
 from .aggregate import per_seed, stat
 from .claims import check_claims, claims_table, perplexity_ratio
 
-SLIDING_EVAL_FILE = "eval_sliding.json"
+SLIDING_VARIANT = "sliding"  # eval_variants/sliding.json: the sliding-window evaluation of a compare model
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
 TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "seeds", "threads", "run", "eval", "tasks", "passkey", "figures")
@@ -165,7 +166,7 @@ class EvalSettings:
     stride: int | None = None
     batch_size: int = 8
     rope_scaling: list[str] = field(default_factory=list)
-    sliding_stride: int | None = None  # also evaluate with sliding windows of this stride (eval_sliding.json)
+    sliding_stride: int | None = None  # also evaluate with sliding windows of this stride (eval_variants/sliding.json)
     position_loss: bool = True  # loss by position inside the window (position_loss.json)
     position_loss_windows: int = 16  # windows averaged per length for the position curves
 
@@ -343,7 +344,7 @@ def _figure_settings(raw, source: str) -> FigureSettings:
 # ---- reuse of finished work -----------------------------------------------------------------------------
 def run_config_differences(saved_path: Path, current: RunConfig) -> list[str]:
     """Dotted keys where a saved run_config.yaml differs from ``current`` (vocab_size filled in by training is ignored)."""
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = run_folder.read_run_config(saved_path.parent) or {}
     now = current.to_dict()
     differences = []
     for section in ("model", "data", "tokenizer", "training"):
@@ -360,7 +361,7 @@ def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_sca
                      stride: int | None) -> bool:
     if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
         return False
-    saved = json.loads(path.read_text())
+    saved = run_folder.read_eval(path)
     scaling = saved.get("rope_scaling") or {}
     return (
         [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths
@@ -478,10 +479,10 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
     """Train one (encoding, seed) model unless finished, then every evaluation of it that is not current."""
     from ..evaluation.perplexity import evaluate_model_dir
     from ..evaluation.position_loss import POSITION_LOSS_FILE, loss_by_position
-    from ..train.engine import SUMMARY_FILE, train
+    from ..train.engine import train
 
     model_dir, encoding = Path(run.output_dir), run.model.position_encoding
-    summary = model_dir / SUMMARY_FILE
+    summary = model_dir / run_folder.SUMMARY_FILE
     label = encoding if seed_index == 0 else f"{encoding}@seed{run.training.seed}"  # names in timings.json "reused"
     if summary.is_file() and not overwrite:
         _say(f"{tag}: reusing the trained model in {model_dir}")
@@ -492,13 +493,13 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
         with timer.phase("train"):
             train(run, model_dir, resume=partial, overwrite=overwrite, show_progress=show_progress)
     settings = config.eval
-    jobs = [(None, settings.stride, "eval.json", label)]
-    jobs += [(scaling, settings.stride, f"eval_rope-{scaling}.json", f"{label}+{scaling}")
+    jobs = [(None, settings.stride, None, label)]  # (rope scaling, stride, eval variant, name in timings "reused")
+    jobs += [(scaling, settings.stride, f"rope-{scaling}", f"{label}+{scaling}")
              for scaling in (settings.rope_scaling if encoding == "rope" else [])]
     if settings.sliding_stride is not None:
-        jobs.append((None, settings.sliding_stride, SLIDING_EVAL_FILE, f"{label}+sliding"))
-    for scaling, stride, name, job in jobs:
-        path = model_dir / name
+        jobs.append((None, settings.sliding_stride, SLIDING_VARIANT, f"{label}+sliding"))
+    for scaling, stride, variant, job in jobs:
+        path = run_folder.default_eval_path(model_dir, variant)
         if not overwrite and _eval_is_current(path, summary, settings, scaling, stride):
             reused["eval"].append(job)
             continue
@@ -532,7 +533,7 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
             records += _model_records(config, root / encoding, encoding, seed)
             task_eval = root / "tasks" / encoding / "eval.json"
             if config.tasks is not None and not skip_tasks and task_eval.is_file():
-                for row in json.loads(task_eval.read_text())["tasks"]:
+                for row in run_folder.read_eval(task_eval, encoding)["tasks"]:
                     records.append({
                         "record_type": "task", "position_encoding": encoding, "seed": seed, "task": row["task"],
                         "length": row["length"], "accuracy": row["accuracy"], "num_examples": row["num_examples"],
@@ -549,16 +550,14 @@ def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: 
     from ..evaluation.position_loss import POSITION_LOSS_FILE
 
     records = []
-    summary = json.loads((model_dir / "train_summary.json").read_text())
-    paths = [model_dir / "eval.json"]
-    if encoding == "rope":
-        paths += [model_dir / f"eval_rope-{scaling}.json" for scaling in config.eval.rope_scaling]
+    summary = run_folder.read_train_summary(model_dir) or {}
+    variants = [None] + ([f"rope-{scaling}" for scaling in config.eval.rope_scaling] if encoding == "rope" else [])
     if config.eval.sliding_stride is not None:
-        paths.append(model_dir / SLIDING_EVAL_FILE)
-    for path in paths:
-        evaluation = json.loads(path.read_text())
+        variants.append(SLIDING_VARIANT)
+    for variant in variants:
+        evaluation = run_folder.read_eval(run_folder.default_eval_path(model_dir, variant), encoding)
         scaling = evaluation.get("rope_scaling")
-        sliding = path.name == SLIDING_EVAL_FILE
+        sliding = variant == SLIDING_VARIANT
         label = encoding if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
         for row in evaluation["results"]:
             records.append({

@@ -22,12 +22,12 @@ matplotlib is imported lazily (through ``hf_posenc.study.plots``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
+from .. import run_folder
 from ..errors import UsageError
 from .plots import encoding_color, new_figure, save
 
@@ -240,7 +240,7 @@ def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
         if not candidates:
             raise UsageError(f"--models: {str(path)!r} holds no model folder (no config.json in it or its sub-folders)")
         for candidate in candidates:
-            config = json.loads((candidate / "config.json").read_text())
+            config = run_folder.read_json_object(candidate / "config.json", "the model's config object")
             if config.get("model_type") != "hf_posenc":
                 continue
             found.setdefault(config.get("position_encoding"), candidate)
@@ -250,10 +250,9 @@ def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
 
 
 def load_models(model_dirs: Mapping[str, Path]) -> dict:
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..model.loading import load_model_folder
 
-    return {name: PosEncForCausalLM.from_pretrained(str(path), attn_implementation="eager").eval()
-            for name, path in model_dirs.items()}
+    return {name: load_model_folder(path, attn_implementation="eager").eval() for name, path in model_dirs.items()}
 
 
 def validation_windows(model_dir: Path, length: int, count: int, data: str | None = None) -> torch.LongTensor:
@@ -282,7 +281,7 @@ def draw_figures(output_dir: str | Path, model_paths: Sequence[str | Path] = (),
     """
     from tqdm.auto import tqdm
 
-    output_dir = Path(output_dir)
+    output_dir = run_folder.check_writable_dir(output_dir, "figures output directory")  # before any work
     model_dirs = find_model_dirs(model_paths) if model_paths else {}
     models = load_models(model_dirs)
     train_length = None

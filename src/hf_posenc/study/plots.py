@@ -5,7 +5,6 @@ matplotlib is imported inside the functions: the model and training code never n
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -49,17 +48,11 @@ def save(figure, path: str | Path) -> Path:
 
 def read_metrics(model_dir: str | Path) -> tuple[list[dict], list[dict]]:
     """(training rows, validation rows) of a model folder's metrics.jsonl."""
-    train, valid = [], []
-    path = Path(model_dir) / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "eval_loss" in row:
-                    valid.append(row)
-                elif "loss" in row:
-                    train.append(row)
-    return train, valid
+    from ..run_folder import METRICS_FILE
+    from ..run_folder import read_metrics as read_metrics_file
+
+    rows, _ = read_metrics_file(Path(model_dir) / METRICS_FILE)  # a line cut short by a kill is skipped
+    return [row for row in rows if "loss" in row], [row for row in rows if "eval_loss" in row]
 
 
 def plot_loss_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "Language-model training") -> Path:

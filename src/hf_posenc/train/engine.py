@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,26 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from .checkpoints import (
-    TRAINER_STATE_FILE,
+    apply_checkpoint,
     latest_complete_checkpoint,
-    load_checkpoint,
+    newest_readable_checkpoint,
     remove_staging_leftovers,
     save_checkpoint,
 )
 from ..errors import UsageError
+from ..run_folder import METRICS_FILE, MetricsLog, check_writable_dir, write_run_config, write_train_summary
+from .output_guard import (
+    PreviousRun,
+    check_resume_batch,
+    check_resume_compatible,
+    lock_output_dir,
+    release_output_dir,
+)
 from .run_config import RunConfig
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "train_summary.json"
-RUN_CONFIG_FILE = "run_config.yaml"
-# Files that mark a folder as holding a run (refused without --resume / overwrite).
-RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, "checkpoints", "model.safetensors", "logs")
-# Sections / fields that must not change when a run is resumed (they fix the model and the data order).
-RESUME_FIXED_SECTIONS = ("model", "data", "tokenizer")
-RESUME_FIXED_TRAINING = ("seed", "gradient_accumulation_steps")
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,13 +59,14 @@ class PreparedData:
     train_blocks: object  # datasets.Dataset with "input_ids" rows of block_size tokens, torch format
     eval_blocks: object
     description: str
+    source: dict  # run_folder.data_record of the data (stored in train_summary.json)
 
 
 def prepare_data(run_config: RunConfig, show_progress: bool = True) -> PreparedData:
     """Tokenizer (trained once and cached, or loaded) and packed train/validation blocks."""
     if importlib.util.find_spec("datasets") is None:
         raise UsageError("training reads its data through the `datasets` package; install it: pip install datasets")
-    from ..data.corpus import describe_data, load_text_dataset, tokenize_and_pack
+    from ..data.corpus import data_source_record, describe_data, load_text_dataset, tokenize_and_pack
     from ..data.tokenizer import load_or_train_tokenizer
 
     d, k = run_config.data, run_config.tokenizer
@@ -88,7 +85,7 @@ def prepare_data(run_config: RunConfig, show_progress: bool = True) -> PreparedD
     for split in ("train", "validation"):
         texts = load_text_dataset(d.name, split, data_config=d.config, text_field=d.text_field)
         blocks[split] = tokenize_and_pack(texts, tokenizer, d.block_size).with_format("torch", columns=["input_ids"])
-    return PreparedData(tokenizer, blocks["train"], blocks["validation"], description)
+    return PreparedData(tokenizer, blocks["train"], blocks["validation"], description, data_source_record(d.name, d.config))
 
 
 class GlobalBatchSampler(torch.utils.data.Sampler):
@@ -219,51 +216,6 @@ def _flat_hparams(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-class MetricsLog:
-    """``metrics.jsonl``: one JSON object per line, appended in step order (main process only)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        """Drop rows newer than ``step`` (written after the checkpoint a resumed run restarts from)."""
-        if not (self.enabled and self.path.exists()):
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-def _previous_run_artifacts(output_dir: Path, resume: bool, overwrite: bool) -> list[Path]:
-    """What an earlier run left in ``output_dir``: refused unless resuming; with overwrite, to be deleted."""
-    existing = [output_dir / name for name in RUN_ARTIFACTS if (output_dir / name).exists()]
-    if existing and not resume and not overwrite:
-        raise UsageError(
-            f"output directory {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
-            "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
-        )
-    return [] if resume else existing
-
-
-def _check_resume_compatible(saved_path: Path, current: RunConfig) -> None:
-    saved = yaml.safe_load(saved_path.read_text()) or {}
-    now = current.to_dict()
-    for section in RESUME_FIXED_SECTIONS:
-        if saved.get(section) != now[section]:
-            changed = sorted(k for k in now[section] if (saved.get(section) or {}).get(k) != now[section][k])
-            raise UsageError(
-                f"cannot resume: {', '.join(f'{section}.{k}' for k in changed)} differ(s) from the run in "
-                f"{str(saved_path.parent)!r}; resume with the same config, or start a new --output-dir"
-            )
-    for key in RESUME_FIXED_TRAINING:
-        if saved.get("training", {}).get(key) != now["training"][key]:
-            raise UsageError(f"cannot resume: training.{key} differs from the run in {str(saved_path.parent)!r}")
-
-
 def _reset_accelerate_singletons() -> None:
     """Let the next ``train()`` in this process build a fresh Accelerator (compare runs several)."""
     from accelerate.state import AcceleratorState, GradientState
@@ -301,7 +253,9 @@ def train(
     run_config = copy.deepcopy(run_config)
     run_config.validate()
     output_dir = Path(output_dir or run_config.output_dir or default_output_dir(run_config))
-    to_delete = _previous_run_artifacts(output_dir, resume, overwrite)  # deleted once the input is known to be good
+    check_writable_dir(output_dir, "output directory")
+    created = not output_dir.exists()
+    previous = PreviousRun(output_dir, resume, overwrite)  # moved aside only once the input is known to be good
     t = run_config.training
     trackers = resolve_trackers(t.report_to)
     has_accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
@@ -321,16 +275,31 @@ def train(
     threads_before = torch.get_num_threads()
     if t.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(t.cpu_threads)
+    lock = None
     try:
-        return _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers)
+        lock = lock_output_dir(accelerator, output_dir)
+        return _train_with(accelerator, run_config, output_dir, resume, previous, show_progress, callbacks, trackers)
     finally:
         torch.set_num_threads(threads_before)
         if trackers:
             accelerator.end_training()
         _reset_accelerate_singletons()
+        release_output_dir(lock, created)
 
 
-def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_progress, callbacks, trackers) -> dict:
+def _read_resume_checkpoint(accelerator, output_dir: Path, run_config: RunConfig, global_batch: int):
+    """The newest readable checkpoint, checked against the config before any file is written (None: step 0)."""
+    main = accelerator.is_main_process
+    contents = newest_readable_checkpoint(output_dir, accelerator.process_index, lambda text: _say(main, text))
+    if contents is None:
+        return None
+    check_resume_compatible(output_dir, run_config.to_dict())
+    check_resume_batch(contents.trainer_state, global_batch, run_config.training.gradient_accumulation_steps,
+                       contents.path)
+    return contents
+
+
+def _train_with(accelerator, run_config, output_dir, resume, previous, show_progress, callbacks, trackers) -> dict:
     from accelerate.utils import set_seed
     from transformers import get_cosine_schedule_with_warmup
 
@@ -353,17 +322,7 @@ def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_pro
         )
     run_config.model.vocab_size = run_config.model.vocab_size or len(data.tokenizer)
     run_config.output_dir = str(output_dir)
-
-    checkpoint = latest_complete_checkpoint(output_dir) if resume else None
-    saved_config = output_dir / RUN_CONFIG_FILE
-    if checkpoint is not None and saved_config.exists():
-        _check_resume_compatible(saved_config, run_config)
-    if main:
-        for path in to_delete:  # --overwrite: the earlier run goes only now that the input has been checked
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        saved_config.write_text(run_config.to_yaml())
-    accelerator.wait_for_everyone()
+    checkpoint = _read_resume_checkpoint(accelerator, output_dir, run_config, global_batch) if resume else None
 
     set_seed(t.seed)  # identical initial weights on every process and in every run with this seed
     model = build_model(run_config, data.tokenizer)
@@ -372,37 +331,44 @@ def _train_with(accelerator, run_config, output_dir, resume, to_delete, show_pro
     optimizer = build_optimizer(model, t)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)  # stepped by hand, once per optimizer step
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
-    metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if checkpoint is not None:
-        saved_batch = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())["global_batch_size"]
-        if saved_batch != state["global_batch_size"]:  # the data position is counted in global batches
-            raise UsageError(
-                f"cannot resume: the global batch ({global_batch} x {t.gradient_accumulation_steps} accumulation) differs "
-                f"from the checkpoint's {saved_batch} rows per step"
-            )
-        state.update(load_checkpoint(accelerator, checkpoint))
-        _say(main, f"Resuming from {checkpoint} (step {state['step']})")
+        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler))
+        _say(main, f"Resuming from {checkpoint.path} (step {state['step']})")
     elif resume:
         _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
+
+    # Every check has passed and the model is built: only now is anything in the output folder changed.
+    metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if main:
+        previous.move_aside()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(output_dir, run_config.to_dict())
         if checkpoint is not None:
-            metrics.truncate_after(state["step"])  # rows written after the checkpoint will be written again
+            if metrics.truncate_after(state["step"]):  # rows after the checkpoint are written again
+                _say(main, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
         else:
             metrics.path.unlink(missing_ok=True)
         remove_staging_leftovers(output_dir)
+    accelerator.wait_for_everyone()
     if trackers:
         accelerator.init_trackers(run_config.run_name or "hf_posenc", config=_flat_hparams(run_config.to_dict()))
 
     loader = make_train_loader(data.train_blocks, run_config, accelerator, state["step"] * t.gradient_accumulation_steps)
-    batches_per_epoch = loader.batch_sampler.batches_per_epoch
-    summary = _run_loop(
-        accelerator, model, optimizer, scheduler, iter(loader), data, run_config, output_dir, state, metrics,
-        callbacks, show, batches_per_epoch,
-    )
-    _export(accelerator, model, data, run_config, output_dir, summary)
+    try:
+        summary = _run_loop(
+            accelerator, model, optimizer, scheduler, iter(loader), data, run_config, output_dir, state, metrics,
+            callbacks, show, loader.batch_sampler.batches_per_epoch, on_checkpoint=previous.discard if main else None,
+        )
+        _export(accelerator, model, data, run_config, output_dir, summary)
+    except BaseException:
+        if main and previous.aside is not None:  # failed before its first checkpoint: the earlier run comes back
+            previous.restore()
+            _say(main, f"The new run failed before its first checkpoint; the earlier run in {output_dir} is restored")
+        raise
+    if main:
+        previous.discard()
     return summary
 
 
@@ -412,7 +378,7 @@ def _say(main: bool, message: str) -> None:
 
 
 def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_config, output_dir, state, metrics,
-              callbacks, show, batches_per_epoch) -> dict:
+              callbacks, show, batches_per_epoch, on_checkpoint=None) -> dict:
     from tqdm.auto import tqdm
 
     t = run_config.training
@@ -499,7 +465,10 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
                 check_finite()  # never write a checkpoint after a NaN/inf
                 state["train_runtime_s"] = runtime_before + time.perf_counter() - session_start
                 state.update(final_loss=last_loss, final_eval_loss=last_eval_loss)
-                last_good_checkpoint = save_checkpoint(accelerator, output_dir, step, dict(state), t.save_total_limit)
+                last_good_checkpoint = save_checkpoint(accelerator, output_dir, step, dict(state), t.save_total_limit,
+                                                       model=model, optimizer=optimizer, scheduler=scheduler)
+                if on_checkpoint is not None:
+                    on_checkpoint()
                 interval_start = time.perf_counter()
     except StopTraining:
         stopped_early = True
@@ -517,7 +486,7 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
         "final_loss": last_loss,
         "final_eval_loss": last_eval_loss,
         "train_runtime_s": state["train_runtime_s"],
-        "data": data.description,
+        "data": data.source,
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
         "num_processes": accelerator.num_processes,
         "global_batch_size": state["global_batch_size"],
@@ -534,8 +503,8 @@ def _export(accelerator, model, data, run_config, output_dir: Path, summary: dic
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
         data.tokenizer.save_pretrained(str(output_dir))
-        (output_dir / RUN_CONFIG_FILE).write_text(run_config.to_yaml())
-        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_run_config(output_dir, run_config.to_dict())
+        write_train_summary(output_dir, summary)
     accelerator.wait_for_everyone()
 
 
