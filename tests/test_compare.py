@@ -40,6 +40,11 @@ def test_gpu_config_loads():
         ({"eval": {"rope_scaling": ["ntk"]}}, "rope_scaling"),
         ({"run": {"data": {"block_size": 1024}, "model": {"max_position_embeddings": 512}}}, "block_size=1024"),
         ({"tasks": {"tasks": ["sorting"]}}, "unknown task"),
+        ({"seeds": 0}, "seeds in .* must be an integer >= 1"),
+        ({"seeds": "three"}, "seeds"),
+        ({"eval": {"lengths": [64], "sliding_stride": 100}}, "sliding_stride"),
+        ({"eval": {"position_loss": "yes"}}, "position_loss"),
+        ({"passkey": {"depths": [2.0]}}, "depths"),
     ],
 )
 def test_bad_configs_are_refused(change, message):
@@ -54,6 +59,8 @@ def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["compare", "--set", "eval.lengths=[1]"]) == 2
     assert "integers >= 2" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "0"]) == 2
+    assert "--seeds must be an integer >= 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ def register(subparsers) -> None:
             "Train one language model per position encoding (same data, budget, seeds and tokenizer), evaluate "
             "perplexity at several lengths, train and test small models on synthetic copy / reverse / addition "
             "tasks, and write DIR/results.json, DIR/results.md and PNG plots. With no arguments it runs the "
-            "embedded default (configs/compare-tiny.yaml: CPU, about 10 minutes on 2 cores) into runs/compare-tiny. "
+            "embedded default (configs/compare-tiny.yaml: CPU, two seeds, aimed at 15 minutes on 2 idle cores) into "
+            "runs/compare-tiny. "
             "Finished encodings are reused on rerun."
         ),
     )
