@@ -5,8 +5,14 @@ import torch
 
 import hf_posenc  # noqa: F401  (registers the Auto classes)
 from hf_posenc import PosEncConfig
+from hf_posenc.model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, POSITION_ENCODINGS, PositionEncoding
 
-ENCODINGS = ["sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"]
+# Every built-in encoding, from the registry: a new built-in is tested everywhere with no edit here.
+ENCODINGS = list(BUILTIN_POSITION_ENCODINGS)
+# Those that add a bias to the attention scores (the FlexAttention score_mod / folded-mask paths).
+BIAS_ENCODINGS = [name for name in ENCODINGS if POSITION_ENCODINGS[name].score_bias is not PositionEncoding.score_bias]
+# Those defined at any position (all but learned).
+EXTRAPOLATING_ENCODINGS = [name for name in ENCODINGS if POSITION_ENCODINGS[name].extrapolates]
 
 
 def tiny_config(position_encoding="rope", **overrides) -> PosEncConfig:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hf_posenc import cli
+from hf_posenc.model.encodings_hf_posenc import available_position_encodings
 from hf_posenc.bench.runner import BenchOptions, run_benchmark
 from hf_posenc.bench.measure import PeakMemory
 from hf_posenc.bench.models import (
@@ -69,14 +70,15 @@ def test_bench_end_to_end_on_cpu(tmp_path, capsys):
     output, summary = tmp_path / "bench.json", tmp_path / "summary.json"
     assert cli.main(["bench", *FAST_FLAGS, "--output", str(output), "--summary", str(summary)]) == 0
     records = json.loads(output.read_text())
-    models = ["hf_posenc:sinusoidal", "hf_posenc:learned", "hf_posenc:rope", "hf_posenc:alibi",
-              "hf_posenc:t5_bias", "hf_posenc:nope", "hf:llama", "hf:gpt2", "hf:bloom"]
+    encodings = available_position_encodings()  # the default: every registered encoding
+    assert {"sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"} <= set(encodings)
+    models = [f"hf_posenc:{name}" for name in encodings] + ["hf:llama", "hf:gpt2", "hf:bloom"]
     train = [r for r in records if r["mode"] == "train"]
     decode = [r for r in records if r["mode"] == "decode"]
     scaling = [r for r in records if r["mode"] in ("eval_scaling", "train_scaling")]
     assert [r["model"] for r in train] == models
     assert len(decode) == 2 * len(models) and {r["batch"] for r in decode} == {1, 2}
-    assert len(scaling) == 6 * 2 * 2
+    assert len(scaling) == len(encodings) * 2 * 2
     for record in train + decode + scaling:
         assert record["status"] == "ok", record
         assert record["tokens_per_s"] > 0 and record["peak_memory_bytes"] > 0
@@ -185,7 +187,7 @@ def test_targets_on_gpu_records():
 
 @pytest.mark.parametrize("flags, message", [
     (["--preset", "huge"], "--preset must be one of"),
-    (["--encodings", "rope,xpos"], "--encodings must be among"),
+    (["--encodings", "rope,rotary"], "--encodings must be among"),
     (["--references", "hf:t5"], "--references must be among"),
     (["--modes", "train,serve"], "--modes must be"),
     (["--attn", "flash"], "--attn must be one of"),

@@ -63,8 +63,8 @@ def test_flags_override_the_config(config_file, tmp_path, capsys):
     "extra, message",
     [
         (["--set", "training.lrr=1"], "unknown config key 'training.lrr'"),
-        (["--set", "training.max_steps=many"], "training.max_steps in run config (after --set overrides) must be an integer"),
-        (["--position-encoding", "xpos"], "model.position_encoding must be one of"),
+        (["--set", "training.max_steps=many"], "with overrides must be an integer, got 'many'"),
+        (["--position-encoding", "rotary"], "model.position_encoding must be one of"),
         (["--data", "./does/not/exist.txt"], "data file or folder not found: './does/not/exist.txt'"),
         (["--set", "model.position_encoding=learned", "--set", "data.block_size=128"],
          "data.block_size=128 is beyond what position_encoding='learned' allows (model.max_position_embeddings=64)"),

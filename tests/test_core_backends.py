@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.utils import is_torch_flex_attn_available
 
-from tests.conftest import random_tokens, tiny_model
+from tests.conftest import BIAS_ENCODINGS, random_tokens, tiny_model
 
 BACKENDS = ["sdpa", pytest.param("flex_attention", marks=pytest.mark.skipif(
     not is_torch_flex_attn_available(), reason="this torch has no FlexAttention"))]
@@ -34,7 +34,7 @@ def test_backends_agree_with_eager(encoding, backend):
     torch.testing.assert_close(fast_unpadded, reference_unpadded, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("encoding", ["alibi", "t5_bias"])
+@pytest.mark.parametrize("encoding", BIAS_ENCODINGS)
 def test_sdpa_gradients_agree_with_eager(encoding):
     ids, mask = left_padded_batch()
     labels = ids.masked_fill(mask == 0, -100)

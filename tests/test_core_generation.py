@@ -1,11 +1,14 @@
 """Cache and generation: incremental decoding == full forward, generate with and without cache agree,
 left-padded rows == unpadded rows, both cache keywords, lengths beyond max_position_embeddings."""
 
+import warnings
+
 import pytest
 import torch
 from transformers import DynamicCache, GenerationConfig
 
-from tests.conftest import cache_of, random_tokens, tiny_model
+from hf_posenc.model.modeling_hf_posenc import CACHE_KWARG
+from tests.conftest import EXTRAPOLATING_ENCODINGS, cache_of, random_tokens, tiny_model
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
@@ -34,8 +37,18 @@ def test_both_cache_keywords_are_accepted(encoding):
             model(ids[:, :5], use_cache=True, **{keyword: cache})
             step = model(ids[:, 5:], use_cache=True, **{keyword: cache}).logits
             torch.testing.assert_close(step, full[:, 5:], atol=1e-5, rtol=1e-5)
-        with pytest.raises(ValueError, match="either `cache` or `past_key_values`"):
+        with pytest.raises(ValueError, match="Both `past_key_values` and `cache` are set"):
             model(ids, cache=DynamicCache(config=model.config), past_key_values=DynamicCache(config=model.config))
+
+
+@pytest.mark.skipif(CACHE_KWARG != "cache", reason="before transformers 5.24 `past_key_values` is the current name")
+def test_old_cache_keyword_warns_like_llama():
+    model = tiny_model("rope")
+    with pytest.warns(FutureWarning, match="`past_key_values` is deprecated"):
+        model(random_tokens(batch=1, length=4), past_key_values=DynamicCache(config=model.config), use_cache=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(random_tokens(batch=1, length=4), cache=DynamicCache(config=model.config), use_cache=True)
 
 
 def greedy(model, ids, mask=None, **kwargs):
@@ -69,11 +82,13 @@ def test_left_padded_rows_match_unpadded_rows(encoding):
         torch.testing.assert_close(batched[0, 4:], model(short).logits[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batched[1], model(long).logits[0], atol=1e-5, rtol=1e-5)
     generated = greedy(model, ids, mask)
-    assert torch.equal(generated[0, 9:], greedy(model, short)[0, 5:])
-    assert torch.equal(generated[1, 9:], greedy(model, long)[0, 9:])
+    # a single row stops at the config's eos token; in the batch that row is padded after it instead
+    alone_short, alone_long = greedy(model, short)[0, 5:], greedy(model, long)[0, 9:]
+    assert torch.equal(generated[0, 9 : 9 + len(alone_short)], alone_short)
+    assert torch.equal(generated[1, 9 : 9 + len(alone_long)], alone_long)
 
 
-@pytest.mark.parametrize("encoding", ["sinusoidal", "rope", "alibi", "t5_bias", "nope"])
+@pytest.mark.parametrize("encoding", EXTRAPOLATING_ENCODINGS)
 def test_generation_continues_beyond_max_position_embeddings(encoding):
     model = tiny_model(encoding, max_position_embeddings=8)
     assert greedy(model, random_tokens(batch=1, length=6)).shape == (1, 14)

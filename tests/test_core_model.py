@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_posenc import PosEncForCausalLM, PosEncForSequenceClassification, PosEncModel
-from tests.conftest import random_tokens, tiny_config, tiny_model
+from tests.conftest import EXTRAPOLATING_ENCODINGS, random_tokens, tiny_config, tiny_model
 
 
 def test_shapes(encoding):
@@ -95,16 +95,20 @@ def test_sequence_classification_pools_the_last_real_token(encoding):
     assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(encoding, use_reentrant):
+    """Both checkpointing modes, every encoding: a learned bias shared by the layers (t5_bias) included."""
     ids = random_tokens()
     grads = []
     for checkpointing in (False, True):
-        model = tiny_model("alibi").train()
+        model = tiny_model(encoding).train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
         model(ids, labels=ids).loss.backward()
-        grads.append(model.model.layers[0].self_attn.q_proj.weight.grad)
-    torch.testing.assert_close(grads[0], grads[1])
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)
 
 
 def test_input_ids_xor_inputs_embeds():
@@ -123,7 +127,7 @@ def test_learned_refuses_positions_beyond_its_table():
         model(random_tokens(length=17))
 
 
-@pytest.mark.parametrize("encoding", ["sinusoidal", "rope", "alibi", "t5_bias", "nope"])
+@pytest.mark.parametrize("encoding", EXTRAPOLATING_ENCODINGS)
 def test_other_encodings_run_beyond_max_position_embeddings(encoding):
     model = tiny_model(encoding, max_position_embeddings=16)
     with torch.no_grad():
@@ -136,3 +140,44 @@ def test_bias_encodings_refuse_backends_without_score_bias():
     model.config._attn_implementation = "paged|sdpa"  # a backend that cannot take a float bias
     with pytest.raises(ValueError, match="adds a bias to attention scores"):
         model(random_tokens())
+
+
+def test_learned_table_through_transformers_position_embedding_api(tmp_path):
+    model = tiny_model("learned", max_position_embeddings=16)
+    table = model.get_position_embeddings()
+    assert table is model.model.position_encoding.position_embeddings and table.num_embeddings == 16
+    ids = random_tokens(length=16)
+    with torch.no_grad():
+        before = model(ids).logits
+    model.resize_position_embeddings(24)
+    assert model.config.max_position_embeddings == 24 and model.get_position_embeddings().num_embeddings == 24
+    torch.testing.assert_close(model.get_position_embeddings().weight[:16], table.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before)  # kept rows unchanged
+        assert model(random_tokens(length=24)).logits.shape == (2, 24, 101)
+    model.save_pretrained(tmp_path)
+    assert PosEncForCausalLM.from_pretrained(tmp_path).get_position_embeddings().num_embeddings == 24
+    model.resize_position_embeddings(8)
+    with pytest.raises(ValueError, match="max_position_embeddings=8"):
+        model(random_tokens(length=9))
+    with pytest.raises(ValueError, match="new_num_position_embeddings.*0"):
+        model.resize_position_embeddings(0)
+
+
+def test_encodings_without_a_table_say_so():
+    with pytest.raises(NotImplementedError, match="'rope' has no position-embedding table"):
+        tiny_model("rope").get_position_embeddings()
+
+
+@pytest.mark.parametrize("encoding", ["learned", "alibi"])
+def test_positions_beyond_the_trained_length_are_allowed_and_reported_once(encoding, caplog):
+    model = tiny_model(encoding, max_position_embeddings=64, original_max_position_embeddings=8)
+    logger = "hf_posenc.model.modeling_hf_posenc"
+    with caplog.at_level("WARNING", logger=logger):
+        model(random_tokens(length=8))
+        assert not [r for r in caplog.records if "trained context length" in r.message]
+        model(random_tokens(length=12))
+        model(random_tokens(length=20))
+        model(random_tokens(length=3), position_ids=torch.tensor([[0, 9, 30]]))
+    reports = [r.message for r in caplog.records if "trained context length" in r.message]
+    assert len(reports) == 1 and "position 11 is beyond the trained context length of 8 tokens" in reports[0]

@@ -35,17 +35,17 @@ class ScaledSinusoid(PositionEncoding):
 
 @pytest.fixture
 def registered():
-    register_position_encoding("kerple_log", KerpleLogBias)
+    register_position_encoding("user_log_bias", KerpleLogBias)
     register_position_encoding("scaled_sinusoid")(ScaledSinusoid)  # decorator form
     yield
-    unregister_position_encoding("kerple_log")
+    unregister_position_encoding("user_log_bias")
     unregister_position_encoding("scaled_sinusoid")
 
 
 def test_registered_encoding_is_selected_by_name(registered):
-    assert {"kerple_log", "scaled_sinusoid"} <= set(available_position_encodings())
+    assert {"user_log_bias", "scaled_sinusoid"} <= set(available_position_encodings())
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("kerple_log"))
+    model = AutoModelForCausalLM.from_config(tiny_config("user_log_bias"))
     assert isinstance(model.model.position_encoding, KerpleLogBias)
     ids = random_tokens()
     outputs = {}
@@ -59,7 +59,7 @@ def test_registered_encoding_is_selected_by_name(registered):
 
 def test_registered_bias_encoding_matches_on_flex(registered):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config("kerple_log")).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config("user_log_bias")).eval()
     ids = random_tokens()
     with torch.no_grad():
         eager = model(ids).logits
@@ -75,10 +75,10 @@ def test_registered_embedding_encoding_runs(registered):
 
 def test_registry_refuses_silent_overwrite(registered):
     with pytest.raises(ValueError, match="already registered"):
-        register_position_encoding("kerple_log", ScaledSinusoid)
+        register_position_encoding("user_log_bias", ScaledSinusoid)
     with pytest.raises(ValueError, match="already registered"):
         register_position_encoding("alibi", KerpleLogBias)
-    register_position_encoding("kerple_log", ScaledSinusoid, overwrite=True)
+    register_position_encoding("user_log_bias", ScaledSinusoid, overwrite=True)
 
 
 def test_registry_refuses_non_encodings_and_builtin_removal():

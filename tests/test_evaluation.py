@@ -12,11 +12,12 @@ from helpers_length_generalization import write_text_folder
 from helpers_model_dir import build_model_dir
 
 from hf_posenc.cli import main
+from hf_posenc.cli.eval import parse_lengths
 from hf_posenc.errors import UsageError
 from hf_posenc.evaluation.perplexity import (
     PERPLEXITY_METRIC_DIR,
+    check_lengths,
     evaluate_model_dir,
-    parse_lengths,
     perplexity_by_length,
     plan_windows,
 )
@@ -107,7 +108,7 @@ def test_metric_module_loads_by_path_and_weights_by_tokens():
 @pytest.mark.parametrize("bad", ["0", "-5", "abc", "12.5", "", "256,,512", "1"])
 def test_bad_lengths_are_usage_errors(bad):
     with pytest.raises(UsageError, match="length"):
-        parse_lengths(bad)
+        check_lengths(parse_lengths(bad))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import hf_posenc.model.modeling_hf_posenc as modeling
 from hf_posenc import PositionEncoding, register_position_encoding, unregister_position_encoding
 from hf_posenc.bench.agreement import check_forward, run_agreement
 from hf_posenc.bench.models import encoding_has_score_bias, resolve_attn_implementation
-from tests.conftest import ENCODINGS, random_tokens, tiny_model
+from tests.conftest import BIAS_ENCODINGS, ENCODINGS, random_tokens, tiny_model
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 needs_flex = pytest.mark.skipif(not is_torch_flex_attn_available(), reason="this torch has no FlexAttention")
@@ -198,7 +198,7 @@ def padded_batch():
 
 
 @needs_flex
-@pytest.mark.parametrize("encoding", ["alibi", "t5_bias", "registered"])
+@pytest.mark.parametrize("encoding", [*BIAS_ENCODINGS, "registered"])
 def test_flex_score_mod_matches_eager(encoding, registered_bias_encoding, uncompiled_flex):
     encoding = registered_bias_encoding if encoding == "registered" else encoding
     ids, mask = padded_batch()

@@ -31,6 +31,7 @@ def test_too_short_a_context_is_refused():
 @pytest.mark.parametrize("change, message", [
     ({"depths": [0.5, 1.5]}, "depths"),
     ({"test_contexts": [4]}, "test_contexts must be an integer >= 8"),
+    ({"depths": [-0.5]}, "depths"),
     ({"train_context": 2}, "train_context"),
     ({"colour": 1}, "unknown key"),
     ({"lr": 0}, "lr"),

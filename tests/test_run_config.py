@@ -9,7 +9,8 @@ import torch
 
 from hf_posenc import PosEncConfig, PosEncForCausalLM
 from hf_posenc.errors import UsageError
-from hf_posenc.train.run_config import ModelSection, RunConfig, load_run_config, parse_set_arguments
+from hf_posenc.cli.options import parse_set
+from hf_posenc.train.run_config import ModelSection, RunConfig, load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -38,15 +39,24 @@ def test_small_125m_is_about_125m_parameters_with_sequence_1024_in_bf16():
 
 def test_model_section_fields_are_posenc_config_arguments():
     accepted = set(inspect.signature(PosEncConfig.__init__).parameters)
-    fields = {f.name for f in dataclasses.fields(ModelSection)} - {"attn_implementation"}
+    fields = {f.name for f in dataclasses.fields(ModelSection)} - {"attn_implementation", "extra_config"}
     assert fields <= accepted, fields - accepted
+    settable = accepted - {"self", "kwargs", *ModelSection.NOT_CONFIGURABLE}
+    assert settable <= fields, f"PosEncConfig arguments a run config cannot set: {settable - fields}"
+
+
+def test_extra_config_reaches_posenc_config(tmp_path):
+    config = load_run_config(write(tmp_path, "model:\n  position_encoding: alibi\n  extra_config: {my_option: 3}\n"))
+    assert config.model_config(vocab_size=300).my_option == 3
+    with pytest.raises(UsageError, match="invalid model section"):
+        load_run_config(write(tmp_path, "model:\n  position_encoding: alibi\n  extra_config: {rope_fraction: 0.5}\n"))
 
 
 def test_overrides_are_typed_and_parsed(tmp_path):
     path = write(tmp_path, "training:\n  lr: 1e-3\n")  # YAML 1.1 reads 1e-3 as a string: still a float here
     config = load_run_config(
         path,
-        parse_set_arguments(
+        parse_set(
             ["training.max_steps=7", "training.lr=2e-4", "model.rope_scaling={rope_type: linear, factor: 2.0}",
              "data.name=123", "data.config=null", "training.eval_max_batches=null", "model.tie_word_embeddings=true"]
         ),
@@ -79,7 +89,7 @@ def test_yaml_round_trip(tmp_path):
         ("", {"training.adam_beta2": "1.0"}, r"adam_beta2 must be in \[0, 1\)"),
         ("", {"training.mixed_precision": "fp8"}, r"mixed_precision must be one of"),
         ("", {"model.attn_implementation": "flash"}, r"attn_implementation must be one of"),
-        ("", {"model.position_encoding": "xpos"}, r"model\.position_encoding must be one of .*'alibi'.*got 'xpos'"),
+        ("", {"model.position_encoding": "rotary"}, r"model\.position_encoding must be one of .*'alibi'.*got 'rotary'"),
         ("", {"model.hidden_size": "100", "model.num_attention_heads": "3"}, r"invalid model section: model\.hidden_size"),
         ("model:\n  position_encoding: learned\n  max_position_embeddings: 64\ndata:\n  block_size: 128\n", {},
          r"data\.block_size=128 is beyond what position_encoding='learned' allows \(model\.max_position_embeddings=64\)"),
@@ -105,7 +115,7 @@ def test_missing_config_file_and_bad_set_syntax(tmp_path):
     with pytest.raises(UsageError, match="config file not found"):
         load_run_config(tmp_path / "nope.yaml")
     with pytest.raises(UsageError, match="--set expects key=value"):
-        parse_set_arguments(["training.lr"])
+        parse_set(["training.lr"])
 
 
 def test_model_config_carries_fields_and_special_tokens():

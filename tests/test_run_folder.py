@@ -92,3 +92,13 @@ def test_output_paths_are_checked(tmp_path):
     with pytest.raises(UsageError, match="is a folder"):
         run_folder.check_writable_file(tmp_path, "--output")
     assert run_folder.check_writable_file(tmp_path / "new" / "eval.json", "--output") == tmp_path / "new" / "eval.json"
+
+
+def test_study_results_round_trip_and_a_malformed_file_is_named(tmp_path):
+    records = [{"record_type": "training", "position_encoding": "rope", "final_loss": 2.5}]
+    run_folder.write_study_results(tmp_path, records, {"total": {"wall_s": 1.0}}, "# results\n")
+    assert run_folder.read_study_results(tmp_path) == records
+    assert (tmp_path / run_folder.STUDY_MARKDOWN_FILE).read_text() == "# results\n"
+    (tmp_path / run_folder.STUDY_RESULTS_FILE).write_text('{"record_type": "x"}')
+    with pytest.raises(UsageError, match="results.json: expected a list of records"):
+        run_folder.read_study_results(tmp_path)

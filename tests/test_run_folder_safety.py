@@ -54,9 +54,9 @@ def run(base, tmp_path):
 
 
 def snapshot(folder):
-    """Every file under ``folder`` with the hash of its bytes."""
+    """Every file under ``folder`` with the hash of its bytes (the lock file only records who last held it)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def test_checkpoints_hold_no_pickle_and_resume_never_unpickles(run, monkeypatch):
@@ -158,3 +158,11 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(base, tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is a file, not a folder"):
         train(config, tmp_path / "file" / "run", show_progress=False)
+
+
+def test_a_checkpoint_without_this_process_rng_state_resumes_and_says_so(run, capsys):
+    config, folder = run
+    (folder / "checkpoints" / "checkpoint-4" / "rng_state_0.safetensors").unlink()  # as if written by other ranks
+    capsys.readouterr()
+    train(config, folder, resume=True, show_progress=False)
+    assert "has no RNG state for process 0" in capsys.readouterr().err

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_sweep_tiny_config_loads():
     config = load_sweep_config(REPO / "configs" / "sweep-tiny.yaml")
     assert config.search == "random" and config.num_trials >= 2 and len(config.encodings) == 2
-    names = {p.name for p in config.space}
+    names = {p.name for p in config.parameters}
     assert {"model.num_hidden_layers", "model.hidden_size", "training.lr", "training.warmup_steps"} <= names
 
 

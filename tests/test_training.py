@@ -79,6 +79,8 @@ def test_output_dir_follows_the_model_directory_contract_and_the_loss_falls(corp
     assert summary["final_eval_loss"] == eval_rows[-1]["eval_loss"] and summary["data"]["kind"] == "local"
     assert summary["data"]["description"].startswith("local: ")
     assert summary["num_parameters"] > 0 and summary["train_runtime_s"] > 0
+    saved_config = json.loads((out / "config.json").read_text())
+    assert saved_config["original_max_position_embeddings"] == 32  # the trained context length, for evaluators
 
     resolved = load_run_config(out / "run_config.yaml")
     assert resolved.model.vocab_size == 300 and resolved.data.block_size == 32
@@ -97,7 +99,7 @@ def test_same_seed_gives_identical_weights_and_an_existing_run_is_not_overwritte
     train(config, tmp_path / "b", show_progress=False)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(UsageError, match="already holds a run.*--resume"):
+    with pytest.raises(UsageError, match="already holds a run.*with `resume`"):
         train(config, tmp_path / "a", show_progress=False)
     train(config, tmp_path / "a", overwrite=True, show_progress=False)
 

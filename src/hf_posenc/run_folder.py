@@ -12,10 +12,17 @@ A model folder (what ``hf-posenc train`` writes, what ``eval``, ``compare``, ``f
     checkpoints/          resumable training state (see hf_posenc.train.checkpoints)
     .hf_posenc.lock       held by the process writing the folder (see ``RunLock``)
 
-A study folder (``hf-posenc compare``) holds one model folder per encoding plus its own summary files,
-whose names are listed here too. Every reader raises ``UsageError`` naming the file and what is wrong;
+A study folder (``hf-posenc compare``):
+
+    compare_config.yaml   the resolved compare config
+    <encoding>/           one model folder per encoding (above)
+    tasks/<encoding>/     the task model of each encoding, with eval.json holding its task accuracies in ``tasks``
+    results.json          the records read back from the model folders; timings.json; results.md
+
+``hf-posenc sweep`` appends one JSON object per trial to ``trials.jsonl`` (read like metrics.jsonl). Every reader raises ``UsageError`` naming the file and what is wrong;
 files written by older releases (a flat run config, a data source stored as prose) still read.
-This module imports nothing from hf_posenc above ``errors``.
+This module imports nothing from hf_posenc above ``errors``. It is longer than our usual 400 lines on
+purpose: it is the one place that owns the folder format, and splitting it would scatter the format again.
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ TRAIN_ROW_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "tokens_see
 # The keys of eval.json (and of each eval_variants/ file).
 EVAL_KEYS = ("model_dir", "position_encoding", "train_length", "data", "variant", "split", "stride", "rope_scaling",
              "max_tokens", "max_windows", "eval_runtime_s", "results", "tasks")
+
+
+# A study folder (hf-posenc compare / sweep).
+COMPARE_CONFIG_FILE = "compare_config.yaml"
+STUDY_RESULTS_FILE = "results.json"
+STUDY_TIMINGS_FILE = "timings.json"
+STUDY_MARKDOWN_FILE = "results.md"
+STUDY_TASKS_DIR = "tasks"
+TRIALS_FILE = "trials.jsonl"
 
 
 # ---- low-level reading and writing -------------------------------------------------------------------------
@@ -315,6 +331,33 @@ def read_eval_variants(folder: str | os.PathLike, position_encoding: str | None 
     return {path.stem: read_eval(path, position_encoding) for path in sorted(root.glob("*.json"))}
 
 
+# ---- a study folder ---------------------------------------------------------------------------------------
+def write_study_config(folder: str | os.PathLike, config: dict) -> None:
+    import yaml
+
+    write_text_atomic(Path(folder) / COMPARE_CONFIG_FILE, yaml.safe_dump(config, sort_keys=False))
+
+
+def write_study_results(folder: str | os.PathLike, records: list[dict], timings: dict, markdown: str) -> None:
+    """results.json (a list of records), timings.json and results.md of a compare run."""
+    folder = Path(folder)
+    write_text_atomic(folder / STUDY_RESULTS_FILE, json.dumps(records, indent=2) + "\n")
+    write_json(folder / STUDY_TIMINGS_FILE, timings)
+    write_text_atomic(folder / STUDY_MARKDOWN_FILE, markdown)
+
+
+def read_study_results(folder: str | os.PathLike) -> list[dict]:
+    path = Path(folder) / STUDY_RESULTS_FILE
+    text = _read_text(path)
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: is not valid JSON ({error.msg} at line {error.lineno}); fix or remove it") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "record_type" in r for r in records):
+        raise UsageError(f"{path}: expected a list of records with a 'record_type' (the output of hf-posenc compare)")
+    return records
+
+
 # ---- everything at once (cards, figures, compare) -----------------------------------------------------------
 @dataclass
 class RunRecords:
@@ -370,9 +413,9 @@ def check_writable_dir(path: str | os.PathLike, what: str) -> Path:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is a file, not a folder")
+        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is a file, not a folder", field=what)
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is not writable")
+        raise UsageError(f"{what} {str(path)!r}: {str(probe)!r} is not writable", field=what)
     return path
 
 
@@ -413,7 +456,7 @@ class RunLock:
             handle.close()
             raise UsageError(
                 f"output directory {str(self.path.parent)!r} is in use by another run ({holder}); wait for it to "
-                "finish or stop it, or choose another --output-dir"
+                "finish or stop it, or choose another `output_dir`", field="output_dir"
             ) from None
         except OSError:  # no flock on this filesystem: work unlocked rather than not at all
             handle.close()

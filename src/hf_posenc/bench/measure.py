@@ -20,9 +20,10 @@ import re
 import resource
 import statistics
 import time
-from dataclasses import dataclass
 
 import torch
+
+from ..train.step import build_optimizer, optimizer_step
 
 
 def synchronize(device: torch.device) -> None:
@@ -111,18 +112,14 @@ class TrainJob:
         self.device = device
         self.compiled = compiled
         # fused AdamW on GPU (as the reference figures), the multi-tensor one on CPU
-        fused = device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused, foreach=not fused)
+        self.optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.01, fused=device.type == "cuda")
         self.input_ids = random_tokens(batch, seq_len, model.config.vocab_size, device, seed)
         self.forward = torch.compile(model) if compiled else model
         self.last_loss = None
 
     def run(self) -> None:
-        loss = self.forward(input_ids=self.input_ids, labels=self.input_ids).loss
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.last_loss = loss.detach()
+        batch = {"input_ids": self.input_ids, "labels": self.input_ids}
+        self.last_loss, _ = optimizer_step(self.model, [batch], self.optimizer, forward=self.forward)
 
     def persistent_bytes(self) -> int:
         return tensor_bytes(self.model.parameters()) + optimizer_state_bytes(self.optimizer)
@@ -170,14 +167,6 @@ class DecodeJob:
 
     def persistent_bytes(self) -> int:
         return tensor_bytes(self.model.parameters())
-
-
-@dataclass
-class Measurement:
-    times_s: list[float]
-    warmup_s: list[float]
-    peak_memory_bytes: int | None = None
-    memory_method: str = ""
 
 
 def time_once(job, device: torch.device) -> float:

@@ -17,7 +17,7 @@ import torch
 
 from ..model.configuration_hf_posenc import PosEncConfig
 from ..model.encodings_hf_posenc import PositionEncoding, available_position_encodings, build_position_encoding
-from ..errors import UsageError
+from ..errors import SettingsError
 
 ATTN_CHOICES = ("auto", "sdpa", "flex_attention", "eager")
 MODES = ("train", "decode", "scaling")
@@ -59,7 +59,7 @@ PRESETS = {
         scaling_lengths=(128, 256, 512, 1024),
         description="4 layers, d=128, 4 heads, vocab 1024; CPU",
     ),
-    # The issue's GPU shape: transformers' Llama at 12 layers, d=768 (134M parameters), 8 x 2048 tokens.
+    # The GPU shape of the speed targets: transformers' Llama at 12 layers, d=768 (134M parameters), 8 x 2048 tokens.
     "small-125m": BenchPreset(
         name="small-125m",
         shape=dict(
@@ -88,7 +88,7 @@ REFERENCE_ALWAYS = ("hf:llama",)
 
 def get_preset(name: str, **overrides) -> BenchPreset:
     if name not in PRESETS:
-        raise UsageError(f"--preset must be one of {sorted(PRESETS)}, got {name!r}")
+        raise SettingsError(f"preset must be one of {sorted(PRESETS)}, got {name!r}", field="preset")
     preset = PRESETS[name]
     overrides = {key: value for key, value in overrides.items() if value is not None}
     return dataclasses.replace(preset, **overrides) if overrides else preset
@@ -106,7 +106,7 @@ def model_names(encodings: list[str], references: list[str] | None = None) -> li
         ]
     unknown = [name for name in references if name not in REFERENCE_MODELS]
     if unknown:
-        raise UsageError(f"--references must be among {sorted(REFERENCE_MODELS)}, got {unknown}")
+        raise SettingsError(f"references must be among {sorted(REFERENCE_MODELS)}, got {unknown}", field="references")
     return names + list(references)
 
 
@@ -114,9 +114,9 @@ def validate_encodings(encodings: list[str]) -> list[str]:
     known = available_position_encodings()
     unknown = [name for name in encodings if name not in known]
     if unknown:
-        raise UsageError(f"--encodings must be among {known}, got {unknown}")
+        raise SettingsError(f"encodings must be among {known}, got {unknown}", field="encodings")
     if not encodings:
-        raise UsageError("--encodings must name at least one encoding")
+        raise SettingsError("encodings must name at least one encoding", field="encodings")
     return list(dict.fromkeys(encodings))
 
 
@@ -146,7 +146,7 @@ def resolve_attn_implementation(requested: str, model: str, device: torch.device
     ``auto`` never changes a model's numbers beyond kernel rounding: every backend computes the same attention.
     """
     if requested not in ATTN_CHOICES:
-        raise UsageError(f"--attn must be one of {list(ATTN_CHOICES)}, got {requested!r}")
+        raise SettingsError(f"attn must be one of {list(ATTN_CHOICES)}, got {requested!r}", field="attn")
     if model == "hf:bloom":
         return "eager"  # BloomForCausalLM has no SDPA / flex path in transformers 5.x
     if requested != "auto":
@@ -191,11 +191,11 @@ def _construct(name: str, shape: dict, common: dict):
         LlamaForCausalLM,
     )
 
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..train.step import build_causal_lm
 
     if name.startswith("hf_posenc:"):
         config = PosEncConfig(**shape, **common, position_encoding=name.split(":", 1)[1])
-        model = PosEncForCausalLM(config)
+        model = build_causal_lm(config)
     elif name == "hf:llama":
         config = LlamaConfig(**shape, **common)
         model = LlamaForCausalLM(config)
@@ -222,7 +222,7 @@ def _construct(name: str, shape: dict, common: dict):
         )
         model = BloomForCausalLM(config)
     else:
-        raise UsageError(f"unknown benchmark model {name!r}")
+        raise SettingsError(f"unknown benchmark model {name!r}")
     return model
 
 

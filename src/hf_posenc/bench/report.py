@@ -7,7 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
-# The issue's targets. On GPU (bf16, small-125m): every encoding >= 0.9x nope; rope >= 1.0x hf:llama when both
+# The speed targets (docs/benchmark.md). On GPU (bf16, small-125m): every encoding >= 0.9x nope; rope >= 1.0x hf:llama when both
 # are compiled and >= 1.4x its eager mode (MFU >= 45%); alibi >= 2x hf:bloom; alibi and t5_bias peak training
 # memory <= 1.1x nope; 16k evaluation of alibi and t5_bias fits; decode at batch 1 >= 5 x 17 tokens/s.
 # On CPU (tiny): rope >= 1.0x hf:llama, every encoding >= 0.8x nope.
@@ -139,7 +139,7 @@ def _target(name: str, value, threshold, comparison: str = ">=") -> dict:
 
 
 def evaluate_targets(records: list[dict], device_type: str) -> list[dict]:
-    """The issue's targets that the records can decide (``met`` is None where a needed row is missing)."""
+    """The speed targets that the records can decide (``met`` is None where a needed row is missing)."""
     targets = []
     min_ratio = GPU_MIN_RATIO_VS_NOPE if device_type == "cuda" else CPU_MIN_RATIO_VS_NOPE
     for compiled in (False, True):

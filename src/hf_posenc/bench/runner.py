@@ -29,6 +29,7 @@ from .measure import (
     time_once,
 )
 from .models import (
+    MODES,
     BenchPreset,
     build_model,
     count_parameters,
@@ -37,9 +38,9 @@ from .models import (
     train_flops_per_token,
 )
 from .scaling import ScalingJob
-from ..errors import UsageError
+from ..errors import SettingsError
 
-# bf16 dense matmul ceiling used for MFU unless --peak-tflops says otherwise: 8192^3 on an H200 (docs/benchmark.md, reference measurements).
+# bf16 dense matmul ceiling used for MFU unless BenchOptions.peak_tflops says otherwise: 8192^3 on an H200 (docs/benchmark.md, reference measurements).
 DEFAULT_PEAK_TFLOPS = 798.0
 # Timed rounds run even when the time budget is spent (compilation can eat it before the first round).
 MIN_ROUNDS = 3
@@ -50,7 +51,7 @@ class BenchOptions:
     preset: BenchPreset
     encodings: list[str]
     references: list[str] | None = None  # None: automatic (hf:llama, + hf:gpt2 with learned, + hf:bloom with alibi)
-    modes: tuple[str, ...] = ("train", "decode", "scaling")
+    modes: tuple[str, ...] = MODES
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     attn: str = "auto"
@@ -147,6 +148,17 @@ def _base_record(env: dict, model: str, mode: str, **fields) -> dict:
     return {"model": model, "mode": mode, **env, **fields}
 
 
+def _measured(result: dict) -> dict:
+    """The fields every timed record takes from ``run_interleaved``'s result for its job."""
+    return {
+        "warmup_time_s": result["warmup_s"],
+        "peak_memory_bytes": result.get("peak_memory_bytes"),
+        "memory_method": result.get("memory_method"),
+        "status": result["status"],
+        "reason": result["reason"],
+    }
+
+
 def run_train(options: BenchOptions, env: dict, deadline: Deadline) -> list[dict]:
     preset = options.preset
     names = model_names(options.encodings, options.references)
@@ -202,10 +214,7 @@ def run_train(options: BenchOptions, env: dict, deadline: Deadline) -> list[dict
             step_time_min_s=min(result["times_s"]) if result["times_s"] else None,
             step_times_s=result["times_s"],
             timed_steps=len(result["times_s"]),
-            warmup_time_s=result["warmup_s"],
             compile_time_s=(result["warmup_s"][0] - step_time) if compiled and result["warmup_s"] and step_time else None,
-            peak_memory_bytes=result.get("peak_memory_bytes"),
-            memory_method=result.get("memory_method"),
             num_parameters=count_parameters(model),
             flops_per_token=flops,
             mfu=(tokens_per_s * flops / (options.peak_tflops * 1e12))
@@ -213,8 +222,7 @@ def run_train(options: BenchOptions, env: dict, deadline: Deadline) -> list[dict
             else None,
             peak_tflops=options.peak_tflops if options.device.type == "cuda" else None,
             final_loss=float(jobs[key].last_loss) if jobs[key].last_loss is not None else None,
-            status=result["status"],
-            reason=result["reason"],
+            **_measured(result),
         )
         records.append(record)
     del jobs, models
@@ -276,11 +284,7 @@ def run_decode(options: BenchOptions, env: dict, deadline: Deadline) -> list[dic
                     tokens_per_s=batch * preset.decode_new_tokens / call_time if call_time else None,
                     call_time_s=call_time,
                     call_times_s=result["times_s"],
-                    warmup_time_s=result["warmup_s"],
-                    peak_memory_bytes=result.get("peak_memory_bytes"),
-                    memory_method=result.get("memory_method"),
-                    status=result["status"],
-                    reason=result["reason"],
+                    **_measured(result),
                 )
                 records.append(record)
     del jobs, models
@@ -356,9 +360,9 @@ def run_scaling(options: BenchOptions, env: dict, deadline: Deadline) -> list[di
 
 def run_benchmark(options: BenchOptions) -> list[dict]:
     """Run the selected sections and return their records (see the module docstring)."""
-    unknown = [mode for mode in options.modes if mode not in ("train", "decode", "scaling")]
+    unknown = [mode for mode in options.modes if mode not in MODES]
     if unknown:
-        raise UsageError(f"--modes must be among ['train', 'decode', 'scaling'], got {unknown}")
+        raise SettingsError(f"modes must be among {list(MODES)}, got {unknown}", field="modes")
     if options.compile_models:
         raise_compile_limit()
     env = environment(options)

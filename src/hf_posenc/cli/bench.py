@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from .options import error_message, name_flags
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -91,16 +92,53 @@ def _resolve_device(text: str):
     return torch.device(text)
 
 
+# library argument -> the flag that sets it (for error messages)
+FLAG_NAMES = {"preset": "--preset", "references": "--references", "encodings": "--encodings", "attn": "--attn",
+              "modes": "--modes"}
+
+
 def build_options(args):
+    """The ``BenchOptions`` of the parsed flags; every flag is checked here, before any model is built."""
     import torch
 
     from ..bench.runner import DEFAULT_PEAK_TFLOPS, BenchOptions
-    from ..bench.models import ATTN_CHOICES, get_preset, model_names, validate_encodings
-    from ..model.encodings_hf_posenc import available_position_encodings
 
     device = _resolve_device(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
+    _check_numbers(args)
+    encodings, references, names, modes = _models_and_modes(args)
+    preset = _preset(args, encodings, modes)
+    compile_models, eager_too = _compile_choice(args, names)
+    peak_tflops = args.peak_tflops if args.peak_tflops is not None else DEFAULT_PEAK_TFLOPS
+    if peak_tflops <= 0:
+        raise UsageError(f"--peak-tflops must be positive, got {peak_tflops}")
+    return BenchOptions(
+        preset=preset,
+        encodings=encodings,
+        references=references,
+        modes=modes,
+        device=device,
+        dtype=getattr(torch, dtype_name),
+        attn=args.attn,
+        compile_models=compile_models,
+        eager_too=eager_too,
+        warmup_steps=args.warmup,
+        steps=args.steps if args.steps is not None else (5 if device.type == "cuda" else 9),
+        decode_repeats=args.decode_repeats,
+        decode_caches=_decode_caches(args, device),
+        scaling_encodings=_validated_encodings(args.scaling_encodings) if args.scaling_encodings else None,
+        scaling_kinds=_subset("--scaling-kinds", args.scaling_kinds, ("eval", "train")),
+        scaling_repeats=args.scaling_repeats,
+        peak_tflops=peak_tflops,
+        time_budget_s=args.time_budget_s,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+
+
+def _check_numbers(args) -> None:
+    from ..bench.models import ATTN_CHOICES
+
     if args.attn not in ATTN_CHOICES:
         raise UsageError(f"--attn must be one of {list(ATTN_CHOICES)}, got {args.attn!r}")
     for field in ("steps", "warmup", "batch", "seq_len", "decode_new_tokens", "decode_prompt_len", "decode_repeats",
@@ -111,18 +149,35 @@ def build_options(args):
     if args.time_budget_s is not None and args.time_budget_s <= 0:
         raise UsageError(f"--time-budget-s must be positive, got {args.time_budget_s}")
 
-    encodings = validate_encodings(_list(args.encodings) if args.encodings else available_position_encodings())
-    if args.references == "auto":
-        references = None
-    elif args.references == "none":
-        references = []
-    else:
+
+def _validated_encodings(text: str) -> list[str]:
+    from ..bench.models import validate_encodings
+
+    return validate_encodings(_list(text))
+
+
+def _models_and_modes(args):
+    """(encodings, references (None: automatic), model names, modes) of the flags."""
+    from ..bench.models import MODES, model_names
+    from ..model.encodings_hf_posenc import available_position_encodings
+
+    encodings = _validated_encodings(args.encodings) if args.encodings else list(available_position_encodings())
+    references = {"auto": None, "none": []}.get(args.references)
+    if args.references not in ("auto", "none"):
         references = _list(args.references)
     names = model_names(encodings, references)  # validates --references
-    modes = tuple(_list(args.modes))
-    bad_modes = [mode for mode in modes if mode not in ("train", "decode", "scaling")]
-    if bad_modes or not modes:
-        raise UsageError(f"--modes must be a comma-separated subset of train,decode,scaling, got {args.modes!r}")
+    return encodings, references, names, _subset("--modes", args.modes, MODES)
+
+
+def _subset(flag: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    chosen = tuple(_list(text))
+    if not chosen or any(item not in allowed for item in chosen):
+        raise UsageError(f"{flag} must be a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    return chosen
+
+
+def _preset(args, encodings: list[str], modes: tuple[str, ...]):
+    from ..bench.models import get_preset
 
     preset = get_preset(
         args.preset,
@@ -139,53 +194,24 @@ def build_options(args):
             f"--seq-len / decode lengths up to {longest} exceed max_position_embeddings="
             f"{preset.shape['max_position_embeddings']} of preset {preset.name!r}, which learned positions cannot go past"
         )
+    return preset
 
-    if args.compile_models is not None:
-        compile_models = _list(args.compile_models)
-        unknown = [name for name in compile_models if name not in names]
-        if unknown:
-            raise UsageError(f"--compile-models must be among the benchmarked models {names}, got {unknown}")
-        eager_too = True
-    else:
-        compile_models = list(names) if args.compile else []
-        eager_too = args.eager_too or not args.compile
 
-    decode_caches = tuple(_list(args.decode_cache)) if args.decode_cache else (
-        ("dynamic", "static") if device.type == "cuda" else ("dynamic",)
-    )
-    if not decode_caches or any(cache not in ("dynamic", "static") for cache in decode_caches):
-        raise UsageError(f"--decode-cache must be a comma-separated subset of dynamic,static, got {args.decode_cache!r}")
-    scaling_kinds = tuple(_list(args.scaling_kinds))
-    if not scaling_kinds or any(kind not in ("eval", "train") for kind in scaling_kinds):
-        raise UsageError(f"--scaling-kinds must be a comma-separated subset of eval,train, got {args.scaling_kinds!r}")
-    scaling_encodings = validate_encodings(_list(args.scaling_encodings)) if args.scaling_encodings else None
+def _compile_choice(args, names: list[str]) -> tuple[list[str], bool]:
+    """(models to compile, whether uncompiled variants are timed too)."""
+    if args.compile_models is None:
+        return (list(names) if args.compile else []), args.eager_too or not args.compile
+    compile_models = _list(args.compile_models)
+    unknown = [name for name in compile_models if name not in names]
+    if unknown:
+        raise UsageError(f"--compile-models must be among the benchmarked models {names}, got {unknown}")
+    return compile_models, True
 
-    peak_tflops = args.peak_tflops if args.peak_tflops is not None else DEFAULT_PEAK_TFLOPS
-    if peak_tflops <= 0:
-        raise UsageError(f"--peak-tflops must be positive, got {peak_tflops}")
-    steps = args.steps if args.steps is not None else (5 if device.type == "cuda" else 9)
-    return BenchOptions(
-        preset=preset,
-        encodings=encodings,
-        references=references,
-        modes=modes,
-        device=device,
-        dtype=dtype,
-        attn=args.attn,
-        compile_models=compile_models,
-        eager_too=eager_too,
-        warmup_steps=args.warmup,
-        steps=steps,
-        decode_repeats=args.decode_repeats,
-        decode_caches=decode_caches,
-        scaling_encodings=scaling_encodings,
-        scaling_kinds=scaling_kinds,
-        scaling_repeats=args.scaling_repeats,
-        peak_tflops=peak_tflops,
-        time_budget_s=args.time_budget_s,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+
+def _decode_caches(args, device) -> tuple[str, ...]:
+    if not args.decode_cache:
+        return ("dynamic", "static") if device.type == "cuda" else ("dynamic",)
+    return _subset("--decode-cache", args.decode_cache, ("dynamic", "static"))
 
 
 def run(args) -> int:
@@ -195,8 +221,14 @@ def run(args) -> int:
     from ..bench.measure import measure_matmul_tflops
     from ..bench.report import add_ratios, evaluate_targets, format_table, format_targets, plot_scaling, write_json
 
+    from ..run_folder import check_writable_file
+
+    for flag in ("output", "plot", "summary"):  # found now, not after minutes of measuring
+        if getattr(args, flag, None):
+            check_writable_file(getattr(args, flag), f"--{flag}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    name_flags(args, FLAG_NAMES, only_given=False)
     options = build_options(args)
     measured_peak = None
     if args.measure_peak:
@@ -240,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UsageError as error:
-        print(f"hf-posenc bench: error: {error}", file=sys.stderr)
+        print(f"hf-posenc bench: error: {error_message(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
 
 

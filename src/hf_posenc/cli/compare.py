@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_config_arguments, add_progress_argument, name_flags, parse_set
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,9 +20,9 @@ def register(subparsers) -> None:
             "Finished encodings are reused on rerun."
         ),
     )
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="compare config (default: the embedded configs/compare-tiny.yaml)")
-    parser.add_argument("--output-dir", metavar="DIR", help="default: output_dir of the config (runs/compare-tiny)")
+    add_config_arguments(parser, config_help="compare config (default: the embedded configs/compare-tiny.yaml)",
+                         required=False, output_help="default: output_dir of the config (runs/compare-tiny)",
+                         set_example="--set run.training.max_steps=50 --set eval.lengths=[128,256]")
     parser.add_argument("--encodings", metavar="A,B,...", help="only these encodings (comma-separated)")
     parser.add_argument("--overwrite", action="store_true", help="retrain and re-evaluate everything instead of reusing")
     parser.add_argument("--skip-tasks", action="store_true", help="no synthetic tasks")
@@ -28,30 +30,25 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="train and test every encoding with N seeds (default: the config's seeds); tables give mean ± std")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config field, e.g. --set run.training.max_steps=50 --set eval.lengths=[128,256] (repeatable)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..study.compare import load_compare_config, run_compare
     from ..errors import UsageError
-    from ..train.run_config import parse_set_arguments
+    from ..study.compare import load_compare_config, run_compare
 
-    overrides = parse_set_arguments(args.overrides)
+    name_flags(args, {"threads": "--threads", "encodings": "--encodings"})
+    name_flags(args, {"overwrite": "--overwrite", "output_dir": "--output-dir"}, only_given=False)  # remedies, named in errors
+    overrides = parse_set(args.overrides)
     if args.encodings:
-        overrides["encodings"] = "[" + ",".join(e.strip() for e in args.encodings.split(",") if e.strip()) + "]"
+        overrides["encodings"] = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        overrides["threads"] = str(args.threads)
+        overrides["threads"] = args.threads
     if args.seeds is not None:
         if args.seeds < 1:
             raise UsageError(f"--seeds must be an integer >= 1, got {args.seeds}")
-        overrides["seeds"] = str(args.seeds)
+        overrides["seeds"] = args.seeds
     config = load_compare_config(args.config, overrides)
     result = run_compare(config, args.output_dir, overwrite=args.overwrite, show_progress=not args.no_progress,
                          skip_tasks=args.skip_tasks, skip_figures=args.skip_figures)

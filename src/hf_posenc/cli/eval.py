@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import SettingsError
+from .options import add_progress_argument, int_or_text, name_flags
+
+# library argument -> the flag that sets it (for error messages)
+FLAG_NAMES = {name: "--" + name.replace("_", "-") for name in
+              ("lengths", "stride", "max_tokens", "max_windows", "batch_size", "rope_scaling", "rope_factor")}
+
+
+def parse_lengths(text: str) -> list:
+    """``"256,512"`` -> ``[256, 512]``; items that are not integers are passed on for the library to refuse."""
+    items = [int_or_text(part) for part in text.split(",")]
+    if items == [""]:
+        raise SettingsError("--lengths needs at least one evaluation length, e.g. --lengths 256,512,1024", field="lengths")
+    return items
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -41,26 +56,27 @@ def register(subparsers) -> None:
     parser.add_argument("--output", metavar="FILE.json", help="where to write the results (default: MODEL_DIR/eval.json, or "
                         "MODEL_DIR/eval_variants/<variant>.json for RoPE scaling / other data / the train split)")
     parser.add_argument("--device", metavar="DEVICE", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.perplexity import evaluate_model_dir, format_eval_table, parse_positive_int
+    from ..evaluation.perplexity import evaluate_model_dir, format_eval_table
 
+    name_flags(args, FLAG_NAMES, only_given=False)  # every setting of this command comes from a flag
     evaluation = evaluate_model_dir(
         args.model_dir,
-        args.lengths,
+        parse_lengths(args.lengths),
         data=args.data,
         data_config=args.data_config,
         text_field=args.text_field,
         split=args.split,
-        stride=args.stride,
+        stride=int_or_text(args.stride),
         rope_scaling=args.rope_scaling,
         rope_factor=args.rope_factor,
-        max_tokens=args.max_tokens,
-        max_windows=args.max_windows,
-        batch_size=parse_positive_int("--batch-size", args.batch_size),
+        max_tokens=int_or_text(args.max_tokens),
+        max_windows=int_or_text(args.max_windows),
+        batch_size=int_or_text(args.batch_size),
         output=args.output,
         device=args.device,
         show_progress=not args.no_progress,

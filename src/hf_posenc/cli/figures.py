@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import name_flags
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -29,6 +31,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..study.figures import draw_figures
+
+    name_flags(args, {"models": "--models"}, only_given=False)
 
     for name in ("length", "windows", "max_distance"):
         value = getattr(args, name)

@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UsageError
+from ..errors import SettingsError
+from .options import error_message
 
 # subcommand -> module that registers it (kept explicit: the order is the order in --help)
 COMMAND_MODULES = {
@@ -50,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except UsageError as error:
-        print(f"hf-posenc {args.command}: error: {error}", file=sys.stderr)
+    except SettingsError as error:  # bad input, found before any work: one line naming the flag, exit code 2
+        print(f"hf-posenc {args.command}: error: {error_message(error, getattr(args, 'flag_names', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hf-posenc {args.command}: interrupted", file=sys.stderr)

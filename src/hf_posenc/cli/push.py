@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..hub.upload import DEFAULT_LICENSE, HubUploadError, push
+from .options import error_message, name_flags
 
 
 def register(subparsers) -> None:
@@ -31,7 +32,12 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run_push)
 
 
+# library argument -> the flag that sets it (for error messages)
+FLAG_NAMES = {"repo_id": "--repo-id", "license_id": "--license", "dry_run": "--dry-run", "template": "--template"}
+
+
 def run_push(args: argparse.Namespace) -> int:
+    name_flags(args, FLAG_NAMES, only_given=False)
     try:
         result = push(
             args.model_dir,
@@ -43,7 +49,7 @@ def run_push(args: argparse.Namespace) -> int:
             template=args.template,
         )
     except HubUploadError as error:
-        print(f"hf-posenc push: error: {error}", file=sys.stderr)
+        print(f"hf-posenc push: error: {error_message(error, args.flag_names)}", file=sys.stderr)
         return 1
     for note in result.notes:
         print(f"hf-posenc push: note: {note}", file=sys.stderr)

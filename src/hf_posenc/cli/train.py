@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .options import add_config_arguments, add_progress_argument, name_flags, parse_set
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -17,26 +19,21 @@ def register(subparsers) -> None:
             "with resumable checkpoints under checkpoints/."
         ),
     )
-    parser.add_argument("--config", required=True, metavar="FILE.yaml", help="run config, e.g. configs/tiny.yaml")
     parser.add_argument("--position-encoding", metavar="NAME", help="overrides model.position_encoding")
     parser.add_argument("--max-steps", type=int, metavar="N", help="overrides training.max_steps")
     parser.add_argument("--save-steps", type=int, metavar="N", help="overrides training.save_steps (0: no checkpoints)")
     parser.add_argument("--data", metavar="PATH_OR_HUB_NAME", help="overrides data.name: 'stdlib', a .txt/.jsonl file or folder, or a Hub dataset")
-    parser.add_argument("--output-dir", metavar="DIR", help="default: output_dir from the config, else runs/<config>-<encoding>")
     parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --output-dir")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override any config field, e.g. --set training.lr=1e-3 --set model.num_hidden_layers=2 (repeatable)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs and CI)")
+    add_config_arguments(parser, config_help="run config, e.g. configs/tiny.yaml", required=True,
+                         output_help="default: output_dir from the config, else runs/<config>-<encoding>",
+                         set_example="--set training.lr=1e-3 --set model.num_hidden_layers=2")
+    add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The dotted overrides of the convenience flags, then --set (which wins)."""
-    from ..train.run_config import parse_set_arguments
-
     overrides = {}
     for flag, key in (
         ("position_encoding", "model.position_encoding"),
@@ -47,7 +44,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = value
-    overrides.update(parse_set_arguments(args.overrides))
+    overrides.update(parse_set(args.overrides))
     return overrides
 
 
@@ -57,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train.run_config import load_run_config
     from ..train.engine import TrainingDiverged, train
 
+    name_flags(args, {"output_dir": "--output-dir", "resume": "--resume", "overwrite": "--overwrite"}, only_given=False)
     config = load_run_config(args.config, overrides_from_args(args))
     try:
         summary = train(config, args.output_dir, resume=args.resume, overwrite=args.overwrite, show_progress=not args.no_progress)

@@ -25,7 +25,7 @@ import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import UsageError
+from ..errors import SettingsError
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -50,7 +50,7 @@ def is_embedded_corpus(data: str | None) -> bool:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise UsageError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        raise SettingsError(f"split must be one of {list(SPLITS)}, got {split!r}")
 
 
 def embedded_corpus_root() -> Path:
@@ -93,7 +93,7 @@ def embedded_corpus_files(split: str) -> list[Path]:
     _check_split(split)
     files = list(_embedded_corpus_all_files())
     if not files:
-        raise UsageError(f"the embedded corpus is empty: no .py files under {embedded_corpus_root()}")
+        raise SettingsError(f"the embedded corpus is empty: no .py files under {embedded_corpus_root()}")
     return _split_files_by_hash(files, embedded_corpus_root())[split]
 
 
@@ -102,14 +102,14 @@ def _local_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in suffixes)
         if not files:
-            raise UsageError(f"data folder {str(path)!r} has no {'/'.join(suffixes)} files")
+            raise SettingsError(f"data folder {str(path)!r} has no {'/'.join(suffixes)} files")
     else:
         if path.suffix not in suffixes:
-            raise UsageError(f"data file {str(path)!r} must end in one of {list(suffixes)}")
+            raise SettingsError(f"data file {str(path)!r} must end in one of {list(suffixes)}")
         files = [path]
     kinds = {p.suffix in TEXT_SUFFIXES for p in files}
     if len(kinds) > 1:
-        raise UsageError(f"data folder {str(path)!r} mixes text and JSON files; point --data at one kind")
+        raise SettingsError(f"data folder {str(path)!r} mixes text and JSON files; use a folder (or files) of one kind")
     return files
 
 
@@ -120,7 +120,7 @@ def _looks_like_path(data: str) -> bool:
 def resolve_local_path(data: str | None) -> Path | None:
     """The local path ``data`` names, or ``None`` for the embedded corpus or a Hub name.
 
-    Raises UsageError when ``data`` looks like a path (``./x``, ``/x``, ``x.txt``...) but does not exist.
+    Raises SettingsError when ``data`` looks like a path (``./x``, ``/x``, ``x.txt``...) but does not exist.
     """
     if is_embedded_corpus(data):
         return None
@@ -128,7 +128,7 @@ def resolve_local_path(data: str | None) -> Path | None:
     if path.exists():
         return path
     if _looks_like_path(data):
-        raise UsageError(f"data file or folder not found: {data!r}")
+        raise SettingsError(f"data file or folder not found: {data!r}")
     return None
 
 
@@ -176,7 +176,7 @@ def _drop_empty(dataset: datasets.Dataset, what: str, split: str) -> datasets.Da
             lambda batch: [bool(text and text.strip()) for text in batch["text"]], batched=True, desc="Dropping empty documents"
         )
     if len(dataset) == 0:
-        raise UsageError(f"data {what}: the {split} split is empty (no non-blank text)")
+        raise SettingsError(f"data {what}: the {split} split is empty (no non-blank text)")
     return dataset
 
 
@@ -184,7 +184,7 @@ def _every_nth_split(dataset: datasets.Dataset, split: str, what: str) -> datase
     """Split one source by document: every SINGLE_SOURCE_VALIDATION_EVERY-th document is validation."""
     n = len(dataset)
     if n < 2:
-        raise UsageError(
+        raise SettingsError(
             f"data {what} has {n} document(s); it needs at least 2 to split train/validation "
             "(text files: documents are paragraphs separated by blank lines; or pass several files)"
         )
@@ -197,7 +197,11 @@ def _every_nth_split(dataset: datasets.Dataset, split: str, what: str) -> datase
 
 def _select_text_column(dataset: datasets.Dataset, text_field: str, what: str) -> datasets.Dataset:
     if text_field not in dataset.column_names:
-        raise UsageError(f"data {what} has no field {text_field!r}; its fields are {dataset.column_names} (set data.text_field)")
+        raise SettingsError(f"data {what} has no field {text_field!r}; its fields are {dataset.column_names} (set data.text_field)")
+    kind = dataset.features[text_field]
+    if getattr(kind, "dtype", None) not in ("string", "large_string"):
+        raise SettingsError(f"data {what}: field {text_field!r} holds {getattr(kind, 'dtype', None) or type(kind).__name__} "
+                         "values, not text (every document's text must be a string)")
     extra = [c for c in dataset.column_names if c != text_field]
     dataset = dataset.remove_columns(extra)
     if text_field != "text":
@@ -209,12 +213,55 @@ def _load_files(builder: str, files_by_split: dict[str, list[Path]], what: str, 
     import datasets
 
     data_files = {name: [str(p) for p in files] for name, files in files_by_split.items() if files}
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its JSON reader logs a traceback for a bad line
     try:
         return datasets.load_dataset(builder, data_files=data_files, **kwargs)
     except Exception as error:  # unreadable or malformed files are bad input, reported before training
         if "corresponds to no data" in str(error):
-            raise UsageError(f"data {what}: no documents found (the files are empty)") from error
-        raise UsageError(f"could not read data {what}: {type(error).__name__}: {error}") from error
+            raise SettingsError(f"data {what}: no documents found (the files are empty)") from error
+        files = [Path(p) for paths in data_files.values() for p in paths]
+        culprit = _find_bad_file(files, builder == "json")
+        if culprit is not None:
+            raise SettingsError(f"data {what}: {culprit}") from None
+        raise SettingsError(f"could not read data {what}: {_root_cause(error)}") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+
+
+def _root_cause(error: BaseException) -> str:
+    """``datasets`` wraps the real problem ("An error occurred while generating the dataset"): name it."""
+    chain = [error]
+    while (chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    return "; ".join(f"{type(e).__name__}: {' '.join(str(e).split())[:200]}" for e in chain)
+
+
+def _find_bad_file(files: list[Path], is_json: bool) -> str | None:
+    """The first file that is not UTF-8 (or, for JSON lines, the first line that is not a JSON object)."""
+    import json
+
+    if all(not file.read_bytes().strip() for file in files):
+        return "no documents found (the files are empty)"
+    for file in files:
+        raw = file.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            return f"file {str(file)!r} is not UTF-8 text (byte {error.start}, line {line}); convert it to UTF-8"
+        if not is_json:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                return f"file {str(file)!r} line {number} is not valid JSON ({error.msg}); one JSON object per line"
+            if not isinstance(row, dict):
+                return f"file {str(file)!r} line {number} is a JSON {type(row).__name__}, not an object"
+    return None
 
 
 def _load_local(path: Path, split: str, text_field: str) -> datasets.Dataset:
@@ -243,11 +290,11 @@ def _load_hub(name: str, split: str, data_config: str | None, text_field: str) -
     try:
         loaded = datasets.load_dataset(name, data_config)
     except Exception as error:  # not found, no network, bad config: one clear message, before training
-        raise UsageError(f"could not load data {what} from the Hugging Face Hub: {error}") from error
+        raise SettingsError(f"could not load data {what} from the Hugging Face Hub: {error}") from error
     if not isinstance(loaded, datasets.DatasetDict):
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:
-        raise UsageError(f"data {what} has splits {list(loaded)}, but no 'train' split")
+        raise SettingsError(f"data {what} has splits {list(loaded)}, but no 'train' split")
     held_out = next((name for name in ("validation", "test") if name in loaded), None)
     if held_out is not None:
         chosen = loaded["train" if split == "train" else held_out]
@@ -284,6 +331,15 @@ def _derived_fingerprint(*parts) -> str:
     return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
+def document_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each document's token ids followed by EOS: the token stream (training and evaluation) is their concatenation."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise SettingsError("the tokenizer has no eos_token; it is needed to join documents", field="tokenizer")
+    encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    return [ids + [eos] for ids in encoded]
+
+
 def tokenize_and_pack(dataset: datasets.Dataset, tokenizer, block_size: int) -> datasets.Dataset:
     """Tokenize ``dataset["text"]`` and pack it into rows of exactly ``block_size`` token ids.
 
@@ -293,14 +349,10 @@ def tokenize_and_pack(dataset: datasets.Dataset, tokenizer, block_size: int) -> 
     """
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token; it is needed to join documents")
     token_key = tokenizer_fingerprint(tokenizer)
 
     def tokenize(batch):
-        encoded = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
-        return {"ids": [ids + [eos] for ids in encoded]}
+        return {"ids": document_token_ids(tokenizer, batch["text"])}
 
     def pack(batch):
         stream = [token for ids in batch["ids"] for token in ids]
@@ -328,6 +380,7 @@ __all__ = [
     "embedded_corpus_root",
     "load_text_dataset",
     "tokenize_and_pack",
+    "document_token_ids",
     "describe_data",
     "data_fingerprint",
     "is_embedded_corpus",

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import SettingsError
 
 EOS_TOKEN = "<|endoftext|>"  # also BOS, as in GPT-2: documents are joined by it when packing
 PAD_TOKEN = "<|pad|>"  # distinct from EOS so that collators that mask padding keep the EOS labels
@@ -60,7 +60,7 @@ def train_bpe_tokenizer(dataset, vocab_size: int, max_train_chars: int | None = 
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < MIN_VOCAB_SIZE:
-        raise UsageError(f"tokenizer.vocab_size must be >= {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
+        raise SettingsError(f"tokenizer.vocab_size must be >= {MIN_VOCAB_SIZE} (256 bytes + special tokens), got {vocab_size}")
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -83,11 +83,11 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except Exception as error:  # missing folder, not a tokenizer, no network
-        raise UsageError(f"could not load the tokenizer {str(path)!r}: {error}") from error
+        raise SettingsError(f"could not load the tokenizer {str(path)!r}: {error}") from error
     if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise UsageError(f"tokenizer {str(path)!r} is not a fast (tokenizers-backed) tokenizer")
+        raise SettingsError(f"tokenizer {str(path)!r} is not a fast (tokenizers-backed) tokenizer")
     if tokenizer.eos_token_id is None:
-        raise UsageError(f"tokenizer {str(path)!r} has no eos_token; it is needed to join documents when packing")
+        raise SettingsError(f"tokenizer {str(path)!r} has no eos_token; it is needed to join documents when packing")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

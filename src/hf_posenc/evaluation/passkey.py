@@ -15,16 +15,16 @@ synthetic tasks' (``hf_posenc.evaluation.tasks``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import UsageError
+from ..errors import SettingsError, UsageError
+from ..settings import load_settings, setting, to_dict
 from .tasks import (BOS, DIGITS, EOS, IGNORE_INDEX, PAD, PLUS, SEP, SYMBOL_IDS, TaskExample, build_task_model,
                     build_task_tokenizer, encode, exact_match_accuracy, greedy_answers)
 
@@ -35,56 +35,39 @@ PASSKEY_FILE = "passkey.json"
 class PasskeySettings:
     """The CPU-sized default; ``configs/compare-small.yaml`` scales it up."""
 
-    key_digits: int = 4
-    train_context: int = 32  # longest training prompt (tokens)
-    test_contexts: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    num_test_examples: int = 20
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int | None = None
-    attn_implementation: str = "sdpa"
-    initializer_range: float = 0.02
-    max_steps: int = 300
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    seed: int = 0
+    key_digits: int = setting(4, minimum=1)
+    train_context: int = setting(32, minimum=1)  # longest training prompt (tokens)
+    test_contexts: list[int] = setting(default_factory=lambda: [16, 32, 64, 128], minimum=1, non_empty=True)
+    depths: list[float] = setting(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], minimum=0, non_empty=True)
+    num_test_examples: int = setting(20, minimum=1)
+    hidden_size: int = setting(64, minimum=1)
+    intermediate_size: int = setting(128, minimum=1)
+    num_hidden_layers: int = setting(2, minimum=1)
+    num_attention_heads: int = setting(4, minimum=1)
+    num_key_value_heads: int | None = setting(None, minimum=1)
+    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
+    initializer_range: float = setting(0.02, positive=True)
+    max_steps: int = setting(300, minimum=1)
+    batch_size: int = setting(32, minimum=1)
+    lr: float = setting(3e-3, positive=True)
+    warmup_steps: int = setting(30, minimum=0)
+    seed: int = setting(0, minimum=0)
 
     @classmethod
-    def from_dict(cls, raw: dict | None, source: str = "passkey") -> PasskeySettings:
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {sorted(known)}")
-        settings = cls(**raw)
-        settings.validate(source)
-        return settings
+    def from_dict(cls, raw: dict | None, source: str = "passkey", prefix: str = "") -> PasskeySettings:
+        return load_settings(cls, raw, source, prefix)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
-    def validate(self, source: str = "passkey") -> None:
-        for name in ("key_digits", "num_test_examples", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "max_steps", "batch_size"):
-            _require_int(f"{source}.{name}", getattr(self, name), 1)
-        _require_int(f"{source}.warmup_steps", self.warmup_steps, 0)
-        _require_int(f"{source}.seed", self.seed, 0)
-        _require_int(f"{source}.train_context", self.train_context, self.min_context)
-        if not isinstance(self.test_contexts, list) or not self.test_contexts:
-            raise UsageError(f"{source}.test_contexts must be a non-empty list of integers, got {self.test_contexts!r}")
-        for context in self.test_contexts:
-            _require_int(f"{source}.test_contexts", context, self.min_context)
-        if not isinstance(self.depths, list) or not self.depths or any(
-                isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d <= 1 for d in self.depths):
-            raise UsageError(f"{source}.depths must be a non-empty list of numbers in [0, 1], got {self.depths!r}")
-        for name in ("lr", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise UsageError(f"{source}.{name} must be a number > 0, got {value!r}")
+    def cross_check(self, prefix: str = "") -> None:
+        if any(d > 1 for d in self.depths):
+            raise SettingsError(f"{prefix}depths must be numbers in [0, 1], got {self.depths!r}", field=f"{prefix}depths")
+        for name, values in (("train_context", [self.train_context]), ("test_contexts", self.test_contexts)):
+            if min(values) < self.min_context:
+                raise SettingsError(f"{prefix}{name} must be an integer >= {self.min_context} (<s>, two markers, "
+                                    f"the {self.key_digits}-digit key and =), got {values if len(values) > 1 else values[0]!r}",
+                                    field=f"{prefix}{name}")
 
     @property
     def min_context(self) -> int:
@@ -95,11 +78,6 @@ class PasskeySettings:
     def max_sequence_length(self) -> int:
         """Prompt, answer and </s> of the longest instance: the task model's max_position_embeddings."""
         return max(self.train_context, *self.test_contexts) + self.key_digits + 1
-
-
-def _require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def make_passkey_example(context: int, depth: float, key_digits: int, rng: random.Random) -> TaskExample:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from .. import run_folder
-from ..errors import UsageError
+from ..errors import SettingsError, UsageError
 
 PERPLEXITY_METRIC_DIR = Path(__file__).resolve().parent / "metrics" / "perplexity"
 ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
@@ -46,41 +46,23 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 
 
 # ---- input checks ---------------------------------------------------------------------------------------
-def parse_lengths(value: str | Iterable) -> list[int]:
-    """``"256,512"`` (or a list) -> ``[256, 512]``; refuses non-integers, values < 2 and an empty list."""
-    items = [part.strip() for part in value.split(",")] if isinstance(value, str) else list(value)
-    if not items or items == [""]:
-        raise UsageError("--lengths needs at least one evaluation length, e.g. --lengths 256,512,1024")
-    lengths = []
-    for item in items:
-        number = _parse_int(item)
-        if number is None or number < 2:
-            raise UsageError(
-                f"evaluation lengths must be integers >= 2 (a window predicts length - 1 tokens), got {item!r} "
-                f"in {value!r}"
-            )
-        lengths.append(number)
+def check_lengths(lengths: Iterable[int]) -> list[int]:
+    """The evaluation lengths, sorted and without repeats; refuses non-integers, values < 2 and an empty list."""
+    lengths = list(lengths)
+    if not lengths:
+        raise SettingsError("lengths needs at least one evaluation length, e.g. [256, 512, 1024]", field="lengths")
+    for length in lengths:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+            raise SettingsError(f"lengths must be integers >= 2 (a window predicts length - 1 tokens), got {length!r} "
+                                f"in {lengths!r}", field="lengths")
     return sorted(set(lengths))
 
 
-def parse_positive_int(name: str, value, minimum: int = 1) -> int | None:
-    """An optional integer option (``None`` passes through); UsageError naming the option otherwise."""
-    if value is None:
-        return None
-    number = _parse_int(value)
-    if number is None or number < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return number
-
-
-def _parse_int(value) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
-    return None
+def check_positive_int(name: str, value, minimum: int = 1) -> int | None:
+    """An optional integer argument (``None`` passes through); SettingsError naming the argument otherwise."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}", field=name)
+    return value
 
 
 @dataclass
@@ -130,7 +112,8 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
                                     train_summary=run_folder.read_train_summary(path))
     data = (records.run_config or {}).get("data")
     data = data if isinstance(data, dict) else {}
-    train_length = records.train_length
+    # recorded by training in config.json; folders written before it fall back to the run records
+    train_length = config.trained_context_length or records.train_length
     return ModelDirInfo(
         path=path,
         config=config,
@@ -157,20 +140,20 @@ def rope_scaling_parameters(
     """
     if rope_type is None:
         if factor is not None:
-            raise UsageError("--rope-factor needs --rope-scaling (linear, dynamic or yarn)")
+            raise SettingsError("rope_factor needs `rope_scaling` (linear, dynamic or yarn)", field="rope_factor")
         return None
     if rope_type not in ROPE_SCALING_TYPES:
-        raise UsageError(f"--rope-scaling must be one of {list(ROPE_SCALING_TYPES)}, got {rope_type!r}")
+        raise SettingsError(f"rope_scaling must be one of {list(ROPE_SCALING_TYPES)}, got {rope_type!r}", field="rope_scaling")
     if info.position_encoding != "rope":
-        raise UsageError(
-            f"--rope-scaling applies to RoPE models only; {str(info.path)!r} uses position_encoding="
-            f"{info.position_encoding!r}"
+        raise SettingsError(
+            f"rope_scaling applies to RoPE models only; {str(info.path)!r} uses position_encoding="
+            f"{info.position_encoding!r}", field="rope_scaling"
         )
     anchor = info.train_length or info.config.max_position_embeddings
     if factor is None:
         factor = max(1.0, max(lengths) / anchor)
     elif isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 1:
-        raise UsageError(f"--rope-factor must be a number >= 1, got {factor!r}")
+        raise SettingsError(f"rope_factor must be a number >= 1, got {factor!r}", field="rope_factor")
     scaling = {"rope_type": rope_type, "factor": float(factor)}
     if rope_type in ("yarn", "dynamic"):
         scaling["original_max_position_embeddings"] = int(anchor)
@@ -200,17 +183,13 @@ def eval_token_ids(tokenizer, data: str | None, *, split: str = "validation", da
 
     Stops once ``max_tokens`` tokens are read (None: the whole split).
     """
-    from ..data.corpus import load_text_dataset
+    from ..data.corpus import document_token_ids, load_text_dataset
 
     dataset = load_text_dataset(data, split, data_config=data_config, text_field=text_field)
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UsageError("the model's tokenizer has no eos_token; it is needed to join documents")
     stream: list[int] = []
     for start in range(0, len(dataset), 64):
-        texts = dataset[start : start + 64]["text"]
-        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-            stream += ids + [eos]
+        for ids in document_token_ids(tokenizer, dataset[start : start + 64]["text"]):
+            stream += ids
         if max_tokens is not None and len(stream) >= max_tokens:
             break
     if max_tokens is not None:
@@ -382,13 +361,12 @@ def evaluate_model_dir(
     means the data recorded in the model's run_config.yaml (the embedded corpus if none). Returns the
     written content.
     """
-    lengths = parse_lengths(lengths)
-    stride = parse_positive_int("--stride", stride)
-    max_tokens = parse_positive_int("--max-tokens", max_tokens)
-    max_windows = parse_positive_int("--max-windows", max_windows)
-    batch_size = parse_positive_int("--batch-size", batch_size)
+    lengths = check_lengths(lengths)
+    for name, value in (("stride", stride), ("max_tokens", max_tokens), ("max_windows", max_windows), ("batch_size", batch_size)):
+        check_positive_int(name, value)
     if stride is not None and stride > min(lengths):
-        raise UsageError(f"--stride ({stride}) must be <= every evaluation length (the smallest is {min(lengths)})")
+        raise SettingsError(f"stride ({stride}) must be <= every evaluation length (the smallest is {min(lengths)})",
+                            field="stride")
     info = inspect_model_dir(model_dir)
     scaling = rope_scaling_parameters(info, rope_scaling, rope_factor, lengths)
     custom_data = data if data is not None and (data, data_config) != (info.data_name, info.data_config) else None
@@ -476,7 +454,7 @@ __all__ = [
     "evaluate_model_dir",
     "perplexity_by_length",
     "plan_windows",
-    "parse_lengths",
+    "check_lengths",
     "inspect_model_dir",
     "rope_scaling_parameters",
     "format_eval_table",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .perplexity import eval_token_ids, inspect_model_dir, load_eval_model, parse_lengths, plan_windows
+from .perplexity import check_lengths, eval_token_ids, inspect_model_dir, load_eval_model, plan_windows
 
 POSITION_LOSS_FILE = "position_loss.json"
 
@@ -46,11 +46,11 @@ def bucket_means(values: Sequence[float], buckets: int) -> list[dict]:
     return [{"first": a, "last": b - 1, "loss": sum(values[a:b]) / (b - a)} for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def loss_by_position(model_dir: str | Path, lengths: Sequence[int] | str, *, max_windows: int = 16,
+def loss_by_position(model_dir: str | Path, lengths: Sequence[int], *, max_windows: int = 16,
                      batch_size: int = 8, buckets: int = 32, output: str | Path | None = None,
                      device=None) -> dict:
     """Mean loss by position at each supported length; writes ``position_loss.json`` in the model folder."""
-    lengths = parse_lengths(lengths)
+    lengths = check_lengths(lengths)
     if not isinstance(max_windows, int) or isinstance(max_windows, bool) or max_windows < 1:
         raise ValueError(f"max_windows must be an integer >= 1, got {max_windows!r}")
     if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 1:

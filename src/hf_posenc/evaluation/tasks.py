@@ -19,19 +19,19 @@ special tokens; it is saved with the model so the task model folder loads with `
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import run_folder
-from ..errors import UsageError
+from ..errors import SettingsError
+from ..settings import check_settings, load_settings, setting, to_dict
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 DIGITS = tuple(str(d) for d in range(10))
@@ -78,9 +78,9 @@ class TaskExample:
 def make_example(task: str, length: int, rng: random.Random) -> TaskExample:
     """One random instance of ``task`` with ``length`` input digits (per operand for addition)."""
     if task not in TASK_NAMES:
-        raise UsageError(f"unknown task {task!r}; choose from {list(TASK_NAMES)}")
+        raise SettingsError(f"unknown task {task!r}; choose from {list(TASK_NAMES)}", field="task")
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise UsageError(f"task length must be an integer >= 1, got {length!r}")
+        raise SettingsError(f"task length must be an integer >= 1, got {length!r}", field="length")
     digits = [rng.choice(DIGITS) for _ in range(length)]
     if task == "addition":
         other = [rng.choice(DIGITS) for _ in range(length)]
@@ -111,87 +111,52 @@ def exact_match_accuracy(predictions: Sequence[Sequence], targets: Sequence[Sequ
 class TaskSettings:
     """What to train and test. The defaults are the CPU-sized study of ``configs/compare-tiny.yaml``."""
 
-    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
-    train_min_length: int = 1
-    train_max_length: int = 8
-    test_lengths: list[int] = field(default_factory=lambda: [4, 8, 12, 16, 24])
-    num_test_examples: int = 100
+    tasks: list[str] = setting(default_factory=lambda: list(TASK_NAMES), choices=TASK_NAMES, label="task",
+                               non_empty=True)
+    train_min_length: int = setting(1, minimum=1)
+    train_max_length: int = setting(8, minimum=1)
+    test_lengths: list[int] = setting(default_factory=lambda: [4, 8, 12, 16, 24], minimum=1, non_empty=True)
+    num_test_examples: int = setting(100, minimum=1)
     # the model (a PosEncConfig; the encoding is set per run)
-    hidden_size: int = 64
-    intermediate_size: int = 256
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int | None = None
-    attn_implementation: str = "sdpa"
-    initializer_range: float = 0.02  # std of the initial weights (tiny models learn positions faster near 1/sqrt(hidden))
+    hidden_size: int = setting(64, minimum=1)
+    intermediate_size: int = setting(256, minimum=1)
+    num_hidden_layers: int = setting(2, minimum=1)
+    num_attention_heads: int = setting(4, minimum=1)
+    num_key_value_heads: int | None = setting(None, minimum=1)
+    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
+    initializer_range: float = setting(0.02, positive=True)  # std of the initial weights
     # training
-    max_steps: int = 400
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 40
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 50
-    seed: int = 0
-    eval_batch_size: int = 100
+    max_steps: int = setting(400, minimum=1)
+    batch_size: int = setting(64, minimum=1)
+    lr: float = setting(3e-3, positive=True)
+    warmup_steps: int = setting(40, minimum=0)
+    weight_decay: float = setting(0.0, minimum=0)
+    max_grad_norm: float = setting(1.0, minimum=0)
+    logging_steps: int = setting(50, minimum=1)
+    seed: int = setting(0, minimum=0)
+    eval_batch_size: int = setting(100, minimum=1)
 
     @classmethod
-    def from_dict(cls, raw: dict | None, source: str = "tasks") -> TaskSettings:
-        raw = dict(raw or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {sorted(known)}")
-        settings = cls(**raw)
-        settings.validate(source)
-        return settings
+    def from_dict(cls, raw: dict | None, source: str = "tasks", prefix: str = "") -> TaskSettings:
+        return load_settings(cls, raw, source, prefix)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
-    def validate(self, source: str = "tasks") -> None:
-        if not isinstance(self.tasks, list) or not self.tasks:
-            raise UsageError(f"{source}.tasks must be a non-empty list of {list(TASK_NAMES)}, got {self.tasks!r}")
-        for task in self.tasks:
-            if task not in TASK_NAMES:
-                raise UsageError(f"{source}.tasks: unknown task {task!r}; choose from {list(TASK_NAMES)}")
-        ints = ("train_min_length", "train_max_length", "num_test_examples", "hidden_size", "intermediate_size",
-                "num_hidden_layers", "num_attention_heads", "max_steps", "batch_size", "logging_steps", "eval_batch_size")
-        for name in ints:
-            _check_int(f"{source}.{name}", getattr(self, name), 1)
-        _check_int(f"{source}.warmup_steps", self.warmup_steps, 0)
-        _check_int(f"{source}.seed", self.seed, 0)
-        if self.num_key_value_heads is not None:
-            _check_int(f"{source}.num_key_value_heads", self.num_key_value_heads, 1)
+    def validate(self) -> None:
+        """Every field rule and the cross-field checks (for settings built or changed in code)."""
+        check_settings(self)
+
+    def cross_check(self, prefix: str = "") -> None:
         if self.train_min_length > self.train_max_length:
-            raise UsageError(
-                f"{source}.train_min_length ({self.train_min_length}) must be <= train_max_length ({self.train_max_length})"
-            )
-        if not isinstance(self.test_lengths, list) or not self.test_lengths:
-            raise UsageError(f"{source}.test_lengths must be a non-empty list of integers >= 1, got {self.test_lengths!r}")
-        for length in self.test_lengths:
-            _check_int(f"{source}.test_lengths", length, 1)
-        for name in ("lr", "initializer_range"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                raise UsageError(f"{source}.{name} must be a finite number > 0, got {value!r}")
-        for name in ("weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise UsageError(f"{source}.{name} must be a number >= 0, got {value!r}")
-        if self.attn_implementation not in ("eager", "sdpa", "flex_attention"):
-            raise UsageError(f"{source}.attn_implementation must be eager, sdpa or flex_attention, got {self.attn_implementation!r}")
+            raise SettingsError(f"{prefix}train_min_length ({self.train_min_length}) must be <= "
+                                f"{prefix}train_max_length ({self.train_max_length})", field=f"{prefix}train_min_length")
 
     @property
     def max_sequence_length(self) -> int:
         """The longest instance trained or tested: the model's max_position_embeddings (learned needs it)."""
         lengths = [*self.test_lengths, self.train_max_length]
         return max(sequence_length(task, length) for task in self.tasks for length in lengths)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 # ---- tokenizer and model --------------------------------------------------------------------------------
@@ -216,7 +181,7 @@ def encode(symbols: Sequence[str]) -> list[int]:
 def build_task_model(position_encoding: str, settings: TaskSettings):
     """A freshly initialized small ``PosEncForCausalLM`` for the tasks (seed first for reproducibility)."""
     from ..model.configuration_hf_posenc import PosEncConfig
-    from ..model.modeling_hf_posenc import PosEncForCausalLM
+    from ..train.step import build_causal_lm
 
     try:
         config = PosEncConfig(
@@ -234,12 +199,8 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
             initializer_range=settings.initializer_range,
         )
     except ValueError as error:
-        raise UsageError(f"invalid task model: {error}") from error
-    model = PosEncForCausalLM(config)
-    model.set_attn_implementation(settings.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(config, name))
-    return model
+        raise SettingsError(f"invalid task model: {error}") from error
+    return build_causal_lm(config, settings.attn_implementation)
 
 
 # ---- training -------------------------------------------------------------------------------------------
@@ -262,14 +223,17 @@ def training_batch(settings: TaskSettings, rng: random.Random) -> dict[str, torc
 
 def train_task_model(position_encoding: str, settings: TaskSettings, *, device=None, show_progress: bool = True,
                      metrics_path: Path | None = None):
-    """Train one task model; returns ``(model, summary)``. A plain loop: the data is generated per step."""
+    """Train one task model; returns ``(model, summary)``. The training engine's step, in a plain loop (no
+    Accelerate, no checkpoints): the data is generated per step and a run takes minutes."""
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
+
+    from ..train.step import build_optimizer, optimizer_step
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(settings.seed)
     model = build_task_model(position_encoding, settings).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
+    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, betas=(0.9, 0.98))
     scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
     rng = random.Random(settings.seed)  # the same instances for every encoding
     rows, interval, last_loss = [], [], None
@@ -278,13 +242,8 @@ def train_task_model(position_encoding: str, settings: TaskSettings, *, device=N
     progress = tqdm(range(1, settings.max_steps + 1), desc=f"tasks {position_encoding}", unit="step", disable=not show_progress)
     for step in progress:
         batch = {k: v.to(device) for k, v in training_batch(settings, rng).items()}
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        if settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = optimizer_step(model, [batch], optimizer, scheduler,
+                                 max_grad_norm=settings.max_grad_norm if settings.max_grad_norm > 0 else None)
         interval.append(loss.item())
         if step % settings.logging_steps == 0 or step == settings.max_steps:
             last_loss = sum(interval) / len(interval)

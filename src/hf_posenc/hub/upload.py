@@ -58,15 +58,16 @@ def check_repo_id(repo_id: str | None) -> str:
     from huggingface_hub.utils import validate_repo_id
 
     if not repo_id:
-        raise UsageError("--repo-id is required, in the form ORG/NAME (e.g. my-user/tiny-alibi)")
+        raise UsageError("repo_id is required, in the form ORG/NAME (e.g. my-user/tiny-alibi)", field="repo_id")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
         detail = str(error).split(" Use `repo_type`")[0]  # that hint is about the Python API, not this CLI
-        raise UsageError(f"--repo-id {repo_id!r} is not a valid Hub repo id: {detail}") from None
+        raise UsageError(f"repo_id {repo_id!r} is not a valid Hub repo id: {detail}", field="repo_id") from None
     if repo_id.count("/") != 1:
         raise UsageError(
-            f"--repo-id must be ORG/NAME (your user name or an organization, a slash, the model name), got {repo_id!r}"
+            f"repo_id must be ORG/NAME (your user name or an organization, a slash, the model name), got {repo_id!r}",
+            field="repo_id",
         )
     return repo_id
 
@@ -74,7 +75,8 @@ def check_repo_id(repo_id: str | None) -> str:
 def check_license(license_id: str) -> str:
     if not license_id or not _LICENSE_ID.match(license_id):
         raise UsageError(
-            f"--license must be a Hub license identifier such as apache-2.0, mit, cc-by-4.0 or other, got {license_id!r}"
+            f"license_id must be a Hub license identifier such as apache-2.0, mit, cc-by-4.0 or other, got {license_id!r}",
+            field="license_id",
         )
     return license_id
 
@@ -110,8 +112,9 @@ def check_model_dir(model_dir: str | os.PathLike) -> dict:
 def check_dry_run_dir(out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UsageError(f"--dry-run {str(out_dir)!r} exists and is not an empty directory; choose a new folder")
-    return run_folder.check_writable_dir(out_dir, "--dry-run")
+        raise UsageError(f"dry_run {str(out_dir)!r} exists and is not an empty directory; choose a new folder",
+                         field="dry_run")
+    return run_folder.check_writable_dir(out_dir, "dry_run")
 
 
 def check_template(template: str | os.PathLike | None) -> str:
@@ -120,7 +123,7 @@ def check_template(template: str | os.PathLike | None) -> str:
         return resources.files("hf_posenc.hub").joinpath("templates", CARD_TEMPLATE_NAME).read_text(encoding="utf-8")
     path = Path(template)
     if not path.is_file():
-        raise UsageError(f"--template {str(template)!r} is not a file")
+        raise UsageError(f"template {str(template)!r} is not a file", field="template")
     return path.read_text(encoding="utf-8")
 
 
@@ -552,8 +555,8 @@ def resolve_token() -> str:
 
     if constants.HF_HUB_OFFLINE or _truthy(os.environ.get("HF_HUB_OFFLINE")):
         raise HubUploadError(
-            "cannot upload: offline mode is on (HF_HUB_OFFLINE is set); unset it, or use --dry-run OUT_DIR "
-            "to write the folder without sending it"
+            "cannot upload: offline mode is on (HF_HUB_OFFLINE is set); unset it, or make a dry run "
+            "(`dry_run` OUT_DIR) to write the folder without sending it"
         )
     try:
         token = get_token()
@@ -581,7 +584,7 @@ def upload_folder_to_hub(folder: Path, repo_id: str, *, token: str, private: boo
             delete_patterns=STALE_REMOTE_PATTERNS,
         )
     except _upload_errors() as error:
-        hint = "" if isinstance(error, HfHubHTTPError) else " (check the network and HF_ENDPOINT, or use --dry-run)"
+        hint = "" if isinstance(error, HfHubHTTPError) else " (check the network and HF_ENDPOINT, or make a dry run: `dry_run` OUT_DIR)"
         raise HubUploadError(f"upload to {api.endpoint}/{repo_id} failed: {_one_line(error, token)}{hint}") from None
     return getattr(commit, "commit_url", None) or f"{api.endpoint}/{repo_id}"
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .configuration_hf_posenc import PosEncConfig
+from .encodings_hf_posenc import POSITION_ENCODINGS
 from .modeling_hf_posenc import PosEncForCausalLM
 
 if TYPE_CHECKING:  # importing transformers' Llama costs seconds: only from_llama needs it
@@ -44,10 +45,11 @@ def config_from_llama(llama_config: LlamaConfig, **config_overrides) -> PosEncCo
     if llama_config.hidden_act != "silu":
         raise ValueError(f"from_llama supports hidden_act='silu' only, got {llama_config.hidden_act!r}")
     values = {field: getattr(llama_config, field) for field in _SHARED_FIELDS if hasattr(llama_config, field)}
-    values["rope_parameters"] = dict(llama_config.rope_parameters or {})
     values["position_encoding"] = "rope"
     values.update(config_overrides)
-    return PosEncConfig(**values)
+    if getattr(POSITION_ENCODINGS.get(values["position_encoding"]), "uses_rope", False):
+        values.setdefault("rope_parameters", dict(llama_config.rope_parameters or {}))
+    return PosEncConfig(**values)  # another encoding drops the Llama's RoPE parameters: it has no use for them
 
 
 def from_llama(model_or_path: LlamaForCausalLM | str | os.PathLike, **config_overrides) -> PosEncForCausalLM:

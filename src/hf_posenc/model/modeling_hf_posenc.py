@@ -32,13 +32,25 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.utils import can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hf_posenc import PosEncConfig
 from .encodings_hf_posenc import POSITION_ENCODINGS, build_position_encoding
 
+logger = logging.get_logger(__name__)
+
 # transformers 5.24 renamed the cache keyword `past_key_values` to `cache`; follow whichever is installed.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+# The cache keyword, as Llama takes it: `past_key_values` is renamed to `cache` (both at once is an error). From 5.24
+# the old name warns that it goes away; before, it is the current name, and a version already reached keeps
+# transformers' rename silent.
+accept_cache_keyword = deprecate_kwarg(
+    "past_key_values", "5.40.0" if CACHE_KWARG == "cache" else "5.0.0", new_name="cache", raise_if_both_names=True
+)
 
 
 # What `auto_map` in a saved config.json points at (the flat files save_pretrained copies beside the weights).
@@ -48,13 +60,6 @@ REMOTE_CODE_AUTO_MAP = {
     "AutoModelForCausalLM": "modeling_hf_posenc.PosEncForCausalLM",
     "AutoModelForSequenceClassification": "modeling_hf_posenc.PosEncForSequenceClassification",
 }
-
-
-def resolve_cache_argument(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
-    """Accept the cache under either keyword (`cache` from transformers 5.24, `past_key_values` before)."""
-    if cache is not None and past_key_values is not None and cache is not past_key_values:
-        raise ValueError("pass the cache once, as either `cache` or `past_key_values`, not both")
-    return cache if cache is not None else past_key_values
 
 
 class PosEncRMSNorm(nn.Module):
@@ -160,6 +165,19 @@ def flex_attention_with_score_mod(module, query, key, value, block_mask, score_m
     return output.transpose(1, 2).contiguous(), None  # (batch, q, heads, head_dim)
 
 
+def heads_of_this_rank(mask: torch.Tensor | None, local_heads: int) -> torch.Tensor | None:
+    """A per-head (batch, heads, q, kv) mask cut to the heads this rank computes under tensor parallelism.
+
+    The tensor-parallel plan splits the query projection by column, so each rank holds one contiguous block of
+    heads, in rank order; the score bias is built for all heads at model level, once per forward.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or mask.shape[1] in (1, local_heads):  # BlockMask: flex
+        return mask
+    blocks = mask.shape[1] // local_heads
+    block = torch.distributed.get_rank() % blocks
+    return mask.narrow(1, block * local_heads, local_heads)  # (batch, local_heads, q, kv)
+
+
 class PosEncAttention(nn.Module):
     def __init__(self, config: PosEncConfig, layer_idx: int):
         super().__init__()
@@ -184,12 +202,13 @@ class PosEncAttention(nn.Module):
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        if rotary is not None:  # (cos, signed_sin) from prepare_rotary
-            query, key = rotate(query, *rotary), rotate(key, *rotary)
+        if rotary is not None:  # ((cos, signed_sin) of the queries, of the keys) from prepare_rotary
+            query, key = rotate(query, *rotary[0]), rotate(key, *rotary[1])
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
         dropout = self.config.attention_dropout if self.training else 0.0
+        attention_mask = heads_of_this_rank(attention_mask, query.shape[1])
         if score_mod is not None:
             output, weights = flex_attention_with_score_mod(
                 self, query, key, value, attention_mask, score_mod, self.scaling, dropout
@@ -214,12 +233,12 @@ class PosEncDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(self, hidden_states, attention_mask=None, rotary=None, score_mod=None, cache=None, **kwargs):
-        attended, weights = self.self_attn(
+        attended, _ = self.self_attn(
             self.input_layernorm(hidden_states), attention_mask, rotary, score_mod, cache, **kwargs
         )
         hidden_states = hidden_states + attended
         hidden_states = hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
-        return hidden_states, weights
+        return hidden_states
 
 
 def positions_from_attention_mask(attention_mask, query_offset, query_length, device) -> torch.LongTensor:
@@ -262,6 +281,8 @@ class PosEncPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _can_compile_fullgraph = True
+    # What capture_outputs records for output_hidden_states / output_attentions (attention weights: eager only).
+    _can_record_outputs = {"hidden_states": PosEncDecoderLayer, "attentions": PosEncAttention}
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # A saved folder should load with every Auto class, whichever head was saved: list them all.
@@ -274,6 +295,8 @@ class PosEncPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)  # Linear / Embedding: normal(initializer_range); RMSNorm: ones
         if callable(getattr(module, "init_buffers", None)):
             module.init_buffers()  # deterministic buffers (RoPE frequencies, ALiBi slopes) after meta-device loads
+        if callable(getattr(module, "init_parameters", None)):
+            module.init_parameters()  # an encoding's own parameters (Kerple's r1/r2, FIRE's c and L)
 
 
 class PosEncModel(PosEncPreTrainedModel):
@@ -285,6 +308,7 @@ class PosEncModel(PosEncPreTrainedModel):
         self.layers = nn.ModuleList(PosEncDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = PosEncRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.gradient_checkpointing = False
+        self._warned_beyond_training = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -293,6 +317,35 @@ class PosEncModel(PosEncPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
+    def get_position_embeddings(self) -> nn.Embedding:
+        """The learned position table (transformers' position-embedding API); other encodings have none."""
+        table = getattr(self.position_encoding, "position_embeddings", None)
+        if not isinstance(table, nn.Embedding):
+            raise NotImplementedError(
+                f"position_encoding={self.config.position_encoding!r} has no position-embedding table "
+                "(only 'learned' has one)"
+            )
+        return table
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        """Resize the learned table to ``new_num_position_embeddings`` rows: kept rows keep their values, new
+        rows are initialized like the table was; ``max_position_embeddings`` follows."""
+        if isinstance(new_num_position_embeddings, bool) or not isinstance(new_num_position_embeddings, int) or (
+            new_num_position_embeddings < 1
+        ):
+            raise ValueError(f"new_num_position_embeddings must be an integer >= 1, got {new_num_position_embeddings!r}")
+        old = self.get_position_embeddings()
+        new = nn.Embedding(new_num_position_embeddings, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight.normal_(mean=0.0, std=self.config.initializer_range)
+            kept = min(old.num_embeddings, new_num_position_embeddings)
+            new.weight[:kept] = old.weight[:kept]
+        self.position_encoding.position_embeddings = new
+        self.position_encoding.max_positions = new_num_position_embeddings
+        self.config.max_position_embeddings = new_num_position_embeddings
+
+    @accept_cache_keyword
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -301,19 +354,12 @@ class PosEncModel(PosEncPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
-    ):
-        cache = resolve_cache_argument(cache, past_key_values)
+    ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
+        # Not merge_with_config_defaults: it would turn the cache on in training, and a cache costs SDPA its
+        # implicit causal mask (the flash kernel).
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if inputs_embeds is None:
@@ -331,14 +377,16 @@ class PosEncModel(PosEncPreTrainedModel):
                 attention_mask, query_offset, query_length, inputs_embeds.device
             )
 
+        self._report_positions_beyond_training(position_ids, caller_position_ids is None, query_offset + query_length)
         encoding = self.position_encoding
         hidden_states = inputs_embeds
         added = encoding.input_embedding(position_ids, inputs_embeds.dtype)
         if added is not None:
             hidden_states = hidden_states + added
         rotary = encoding.rotary(hidden_states, position_ids)
-        if rotary is not None:
-            rotary = prepare_rotary(*rotary)
+        if rotary is not None:  # (cos, sin), or (cos, sin) of the queries then of the keys (xpos scales them apart)
+            query_rotary = prepare_rotary(*rotary[:2])
+            rotary = (query_rotary, prepare_rotary(*rotary[2:]) if len(rotary) == 4 else query_rotary)
 
         if self._causal_is_implicit(attention_mask, cache, caller_position_ids):
             mask = None  # SDPA applies the causal mask itself (is_causal), with the flash kernel
@@ -352,27 +400,31 @@ class PosEncModel(PosEncPreTrainedModel):
             )
         mask, score_mod = self._attach_score_bias(mask, attention_mask, cache, query_offset, inputs_embeds)
 
-        all_hidden_states = () if output_hidden_states else None
-        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            hidden_states, weights = layer(
-                hidden_states, attention_mask=mask, rotary=rotary, score_mod=score_mod, cache=cache, **kwargs
-            )
-            if output_attentions:
-                all_attentions += (weights,)
+            # The mask goes by position: reentrant checkpointing passes only positional tensors through its
+            # own autograd node, and a learned bias folded into the mask must reach its parameters once per layer.
+            hidden_states = layer(hidden_states, mask, rotary=rotary, score_mod=score_mod, cache=cache, **kwargs)
         hidden_states = self.norm(hidden_states)
-        if output_hidden_states:
-            all_hidden_states += (hidden_states,)
-
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            hidden_states=all_hidden_states,
-            attentions=all_attentions,
-            **{OUTPUT_CACHE_FIELD: cache if use_cache else None},
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
         )
-        return output if return_dict is not False else output.to_tuple()
+
+    def _report_positions_beyond_training(self, position_ids, derived: bool, index_bound: int) -> None:
+        """Warn once per model when a position reaches the trained context length: allowed (length
+        generalization is what this model is for), but results there are extrapolation."""
+        trained = self.config.trained_context_length
+        if trained is None or self._warned_beyond_training or torch.compiler.is_compiling():
+            return
+        if derived and index_bound <= trained:
+            return  # derived positions never exceed their index: no need to look at the tensor (a device sync)
+        largest = int(position_ids.max())
+        if largest >= trained:
+            self._warned_beyond_training = True
+            logger.warning(
+                f"position {largest} is beyond the trained context length of {trained} tokens "
+                f"(config.original_max_position_embeddings); position_encoding={self.config.position_encoding!r} "
+                "is extrapolating from here on. This warning is shown once."
+            )
 
     def _causal_is_implicit(self, attention_mask, cache, caller_position_ids) -> bool:
         """True when SDPA's own ``is_causal`` is the whole mask: no padding, no cache, no packed positions.
@@ -423,6 +475,8 @@ class PosEncModel(PosEncPreTrainedModel):
 
 class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+    _pp_plan = {"lm_head": (["hidden_states"], ["logits"])}
 
     def __init__(self, config: PosEncConfig):
         super().__init__(config)
@@ -430,6 +484,12 @@ class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self.model.get_position_embeddings()
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        self.model.resize_position_embeddings(new_num_position_embeddings)
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
@@ -443,6 +503,8 @@ class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @accept_cache_keyword
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -452,23 +514,16 @@ class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        past_key_values: Cache | None = None,
         **kwargs,
-    ):
+    ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=resolve_cache_argument(cache, past_key_values),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -480,14 +535,13 @@ class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
 
-        output = CausalLMOutputWithPast(
+        return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
         )
-        return output if return_dict is not False else output.to_tuple()
 
 
 class PosEncForSequenceClassification(PosEncPreTrainedModel):
@@ -500,12 +554,20 @@ class PosEncForSequenceClassification(PosEncPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, self.num_labels, bias=False)
         self.post_init()
 
+    def get_position_embeddings(self) -> nn.Embedding:
+        return self.model.get_position_embeddings()
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        self.model.resize_position_embeddings(new_num_position_embeddings)
+
     def get_input_embeddings(self):
         return self.model.embed_tokens
 
     def set_input_embeddings(self, value):
         self.model.embed_tokens = value
 
+    @accept_cache_keyword
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -515,22 +577,15 @@ class PosEncForSequenceClassification(PosEncPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        past_key_values: Cache | None = None,
         **kwargs,
-    ):
+    ) -> SequenceClassifierOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=resolve_cache_argument(cache, past_key_values),
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            return_dict=True,
             **kwargs,
         )
         logits = self.score(outputs.last_hidden_state)  # (batch, seq, num_labels)
@@ -541,14 +596,13 @@ class PosEncForSequenceClassification(PosEncPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled_logits, config=self.config)
-        output = SequenceClassifierOutputWithPast(
+        return SequenceClassifierOutputWithPast(
             loss=loss,
             logits=pooled_logits,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             **{OUTPUT_CACHE_FIELD: getattr(outputs, OUTPUT_CACHE_FIELD)},
         )
-        return output if return_dict is not False else output.to_tuple()
 
     def _last_token_index(self, input_ids, attention_mask, batch_size, device):
         """Rightmost real token of each row, for left and right padding alike."""

@@ -30,7 +30,6 @@ run with a *different* configuration is refused up front instead of being silent
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import sys
@@ -42,18 +41,19 @@ from pathlib import Path
 import yaml
 
 from .. import run_folder
-from ..errors import UsageError
-from ..evaluation.perplexity import ROPE_SCALING_TYPES, parse_lengths
-from ..train.run_config import RunConfig, parse_yaml, read_config_file
-from ..evaluation.passkey import PasskeySettings
+from ..errors import SettingsError
+from ..evaluation.perplexity import ROPE_SCALING_TYPES
 from ..evaluation.tasks import TaskSettings
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, available_position_encodings
+from ..settings import apply_overrides, load_settings, parse_yaml, read_settings_file, setting, to_dict
+from ..train.run_config import RunConfig
+
+DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
+from ..evaluation.passkey import PasskeySettings
 from .aggregate import per_seed, stat
 from .claims import check_claims, claims_table, perplexity_ratio
 
 SLIDING_VARIANT = "sliding"  # eval_variants/sliding.json: the sliding-window evaluation of a compare model
-
-DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
-TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "seeds", "threads", "run", "eval", "tasks", "passkey", "figures")
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
@@ -160,37 +160,58 @@ figures:
 # ---- configuration --------------------------------------------------------------------------------------
 @dataclass
 class EvalSettings:
-    lengths: list[int] = field(default_factory=lambda: [128, 256, 512, 1024])
-    max_tokens: int | None = 8192
-    max_windows: int | None = None
-    stride: int | None = None
-    batch_size: int = 8
-    rope_scaling: list[str] = field(default_factory=list)
-    sliding_stride: int | None = None  # also evaluate with sliding windows of this stride (eval_variants/sliding.json)
+    lengths: list[int] = setting(default_factory=lambda: [128, 256, 512, 1024], minimum=2, non_empty=True)
+    max_tokens: int | None = setting(8192, minimum=1)
+    max_windows: int | None = setting(None, minimum=1)
+    stride: int | None = setting(None, minimum=1)
+    batch_size: int = setting(8, minimum=1)
+    rope_scaling: list[str] = setting(default_factory=list, choices=ROPE_SCALING_TYPES, label="RoPE scaling type")
+    sliding_stride: int | None = setting(None, minimum=1)  # also evaluate with sliding windows (eval_variants/sliding.json)
     position_loss: bool = True  # loss by position inside the window (position_loss.json)
-    position_loss_windows: int = 16  # windows averaged per length for the position curves
+    position_loss_windows: int = setting(16, minimum=1)  # windows averaged per length for the position curves
+
+    def cross_check(self, prefix: str = "") -> None:
+        self.lengths = sorted(set(self.lengths))
+        if self.stride is not None and self.stride > min(self.lengths):
+            raise SettingsError(f"{prefix}stride ({self.stride}) must be <= every evaluation length "
+                                f"(the smallest is {min(self.lengths)})", field=f"{prefix}stride")
+        if self.sliding_stride is not None and self.sliding_stride > min(self.lengths):
+            raise SettingsError(f"{prefix}sliding_stride ({self.sliding_stride}) must be <= every evaluation length "
+                                f"(the smallest is {min(self.lengths)})", field=f"{prefix}sliding_stride")
 
 
 @dataclass
 class FigureSettings:
     attention_maps: bool = True
-    length: int | None = None
-    windows: int = 8
+    length: int | None = setting(None, minimum=2)
+    windows: int = setting(8, minimum=1)
 
 
 @dataclass
 class CompareConfig:
-    name: str
-    output_dir: str | None
-    encodings: list[str]
-    run: RunConfig
-    eval: EvalSettings
-    tasks: TaskSettings | None
-    figures: FigureSettings
-    threads: int | None = None
-    source: str = "embedded default"
-    passkey: PasskeySettings | None = None
-    seeds: int = 1  # seeds run.training.seed, +1, ... (and tasks.seed, +1, ...): every model trained once per seed
+    name: str | None = None  # None: the config file's stem
+    output_dir: str | None = None
+    # absent from the file: every built-in encoding
+    encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
+                                   choices=available_position_encodings, label="position encoding", non_empty=True,
+                                   unique=True)
+    threads: int | None = setting(None, minimum=1)
+    run: RunConfig = field(default_factory=RunConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    tasks: TaskSettings | None = field(default_factory=TaskSettings)  # null: no task study
+    figures: FigureSettings = field(default_factory=FigureSettings)
+    passkey: PasskeySettings | None = None  # null / absent: no passkey study
+    seeds: int = setting(1, minimum=1)  # seeds run.training.seed, +1, ... (and tasks.seed, passkey.seed): one model each
+    source: str = field(default="embedded default", init=False, compare=False)  # where it was read, for messages
+
+    def cross_check(self, prefix: str = "") -> None:
+        for encoding in self.encodings:  # e.g. the block size against learned's max positions
+            run = copy.deepcopy(self.run)
+            run.model.position_encoding = encoding
+            run.cross_check(f"{prefix}run.")
+        if self.eval.rope_scaling and "rope" not in self.encodings:
+            raise SettingsError(f"{prefix}eval.rope_scaling needs the rope encoding in {prefix}encodings",
+                                field=f"{prefix}eval.rope_scaling")
 
     def seed_values(self) -> list[int]:
         return [self.run.training.seed + i for i in range(self.seeds)]
@@ -219,126 +240,28 @@ class CompareConfig:
         return run
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "output_dir": self.output_dir,
-            "encodings": list(self.encodings),
-            "seeds": self.seeds,
-            "threads": self.threads,
-            "run": self.run.to_dict(),
-            "eval": dataclasses.asdict(self.eval),
-            "tasks": self.tasks.to_dict() if self.tasks is not None else None,
-            "passkey": self.passkey.to_dict() if self.passkey is not None else None,
-            "figures": dataclasses.asdict(self.figures),
-        }
+        return to_dict(self)
 
 
 def load_compare_config(path: str | Path | None = None, overrides: dict | None = None) -> CompareConfig:
-    """Read a compare config (None: the embedded default) and apply dotted ``--set`` overrides."""
+    """Read a compare config (None: the embedded default) and apply dotted overrides (``{"eval.lengths": "[64]"}``)."""
     if path is None:
         source, stem = f"embedded default ({DEFAULT_CONFIG_NAME})", "compare-tiny"
         raw = parse_yaml(EMBEDDED_DEFAULT_CONFIG, source)
     else:
-        raw, source = read_config_file(path)
+        raw, source = read_settings_file(path)
         stem = Path(path).stem
-    if not isinstance(raw, dict):
-        raise UsageError(f"{source} must be a YAML mapping with keys {list(TOP_LEVEL_KEYS)}")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+    if isinstance(raw, dict) and overrides:
+        apply_overrides(CompareConfig, raw, overrides)
     return compare_config_from_dict(raw, source=source, default_name=stem)
 
 
-def _set_dotted(raw: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    if parts[0] not in TOP_LEVEL_KEYS:
-        raise UsageError(f"unknown compare config key {dotted!r} in --set (top-level keys: {', '.join(TOP_LEVEL_KEYS)})")
-    node = raw
-    for part in parts[:-1]:
-        if node.get(part) is None:
-            node[part] = {}
-        if not isinstance(node[part], dict):
-            raise UsageError(f"--set {dotted}: {part!r} is not a section")
-        node = node[part]
-    node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) and value.strip() else value
-
-
 def compare_config_from_dict(raw: dict, source: str = "compare config", default_name: str = "compare") -> CompareConfig:
-    """Build and check a CompareConfig from a dict; every problem is a UsageError naming the key."""
-    from ..model.encodings_hf_posenc import available_position_encodings
-
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {list(TOP_LEVEL_KEYS)}")
-    encodings = raw.get("encodings", ["sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope"])
-    if not isinstance(encodings, list) or not encodings:
-        raise UsageError(f"encodings in {source} must be a non-empty list, got {encodings!r}")
-    for name in encodings:
-        if name not in available_position_encodings():
-            raise UsageError(f"encodings in {source}: unknown position encoding {name!r}; choose from {available_position_encodings()}")
-    if len(set(encodings)) != len(encodings):
-        raise UsageError(f"encodings in {source} lists an encoding twice: {encodings}")
-    run = RunConfig.from_dict(raw.get("run"), source=f"{source} (run section)")
-    tasks = raw.get("tasks", {})  # absent: the default task study; null: none
-    config = CompareConfig(
-        name=str(raw.get("name") or default_name),
-        output_dir=raw.get("output_dir"),
-        encodings=list(encodings),
-        run=run,
-        eval=_eval_settings(raw.get("eval"), source),
-        tasks=None if tasks is None else TaskSettings.from_dict(tasks, source=f"tasks in {source}"),
-        figures=_figure_settings(raw.get("figures"), source),
-        threads=raw.get("threads"),
-        source=source,
-        seeds=raw.get("seeds", 1),
-        passkey=None if raw.get("passkey") is None else PasskeySettings.from_dict(raw["passkey"], source=f"passkey in {source}"),
-    )
-    if isinstance(config.seeds, bool) or not isinstance(config.seeds, int) or config.seeds < 1:
-        raise UsageError(f"seeds in {source} must be an integer >= 1 (the number of seeds per encoding), got {config.seeds!r}")
-    if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int) or config.threads < 1):
-        raise UsageError(f"threads in {source} must be an integer >= 1 or null, got {config.threads!r}")
-    for encoding in config.encodings:
-        config.run_config_for(encoding, Path("."))  # block size vs learned's max positions, per encoding
-    if config.eval.rope_scaling and "rope" not in config.encodings:
-        raise UsageError(f"eval.rope_scaling in {source} needs the rope encoding in encodings")
+    """Build and check a CompareConfig from a dict; every problem is a SettingsError naming the key."""
+    config = load_settings(CompareConfig, raw, source)
+    config.name = config.name or default_name
+    config.source = source
     return config
-
-
-def _section(settings_class, raw, section: str, source: str):
-    """Build a settings dataclass from one config section, refusing keys it does not have."""
-    raw = dict(raw or {})
-    allowed = {f.name for f in dataclasses.fields(settings_class)}
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in the {section} section of {source}; allowed: {sorted(allowed)}")
-    return settings_class(**raw)
-
-
-def _eval_settings(raw, source: str) -> EvalSettings:
-    settings = _section(EvalSettings, raw, "eval", source)
-    settings.lengths = parse_lengths(settings.lengths if isinstance(settings.lengths, list) else str(settings.lengths))
-    for name in ("max_tokens", "max_windows", "stride", "batch_size", "sliding_stride", "position_loss_windows"):
-        value = getattr(settings, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UsageError(f"eval.{name} in {source} must be an integer >= 1{' or null' if name not in ('batch_size', 'position_loss_windows') else ''}, got {value!r}")
-    if settings.stride is not None and settings.stride > min(settings.lengths):
-        raise UsageError(f"eval.stride ({settings.stride}) in {source} must be <= every evaluation length")
-    if settings.sliding_stride is not None and settings.sliding_stride > min(settings.lengths):
-        raise UsageError(f"eval.sliding_stride ({settings.sliding_stride}) in {source} must be <= every evaluation "
-                         f"length (the smallest is {min(settings.lengths)})")
-    if not isinstance(settings.position_loss, bool):
-        raise UsageError(f"eval.position_loss in {source} must be true or false, got {settings.position_loss!r}")
-    if not isinstance(settings.rope_scaling, list) or any(t not in ROPE_SCALING_TYPES for t in settings.rope_scaling):
-        raise UsageError(f"eval.rope_scaling in {source} must be a list of {list(ROPE_SCALING_TYPES)}, got {settings.rope_scaling!r}")
-    return settings
-
-
-def _figure_settings(raw, source: str) -> FigureSettings:
-    settings = _section(FigureSettings, raw, "figures", source)
-    if settings.length is not None and (not isinstance(settings.length, int) or settings.length < 2):
-        raise UsageError(f"figures.length in {source} must be an integer >= 2 or null, got {settings.length!r}")
-    if not isinstance(settings.windows, int) or settings.windows < 1:
-        raise UsageError(f"figures.windows in {source} must be an integer >= 1, got {settings.windows!r}")
-    return settings
 
 
 # ---- reuse of finished work -----------------------------------------------------------------------------
@@ -405,7 +328,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
 
-    output_dir = Path(output_dir or config.output_dir or f"runs/{config.name}")
+    output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
+                                               "compare output directory")
     runs = {(index, encoding): config.run_config_for(encoding, config.seed_dir(output_dir, index) / encoding, index)
             for index in range(config.seeds) for encoding in config.encodings}
     if not overwrite:  # refuse stale folders before any work starts
@@ -414,15 +338,15 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
             if saved.is_file():
                 differences = run_config_differences(saved, run)
                 if differences:
-                    raise UsageError(
+                    raise SettingsError(
                         f"{str(saved.parent)!r} holds a {encoding} run with another configuration "
                         f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
-                        "pass --overwrite to retrain, or choose another --output-dir"
+                        "retrain it with `overwrite`, or choose another `output_dir`", field="overwrite"
                     )
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "compare_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    run_folder.write_study_config(output_dir, config.to_dict())
     timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
     reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": [], "passkey": []}
@@ -467,10 +391,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
         "torch_threads": torch.get_num_threads(),
     }
     records += check_claims(records, config.encodings)
-    (output_dir / "results.json").write_text(json.dumps(records, indent=2) + "\n")
-    (output_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     markdown = results_markdown(config, records, timings, files, output_dir)
-    (output_dir / "results.md").write_text(markdown)
+    run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
 
 

@@ -235,17 +235,18 @@ def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
     for given in paths:
         path = Path(given)
         if not path.is_dir():
-            raise UsageError(f"--models: {str(path)!r} is not a directory")
+            raise UsageError(f"models: {str(path)!r} is not a directory", field="models")
         candidates = [path] if (path / "config.json").is_file() else sorted(p for p in path.iterdir() if (p / "config.json").is_file())
         if not candidates:
-            raise UsageError(f"--models: {str(path)!r} holds no model folder (no config.json in it or its sub-folders)")
+            raise UsageError(f"models: {str(path)!r} holds no model folder (no config.json in it or its sub-folders)",
+                             field="models")
         for candidate in candidates:
             config = run_folder.read_json_object(candidate / "config.json", "the model's config object")
             if config.get("model_type") != "hf_posenc":
                 continue
             found.setdefault(config.get("position_encoding"), candidate)
     if not found:
-        raise UsageError(f"--models: no hf_posenc model found in {[str(p) for p in paths]}")
+        raise UsageError(f"models: no hf_posenc model found in {[str(p) for p in paths]}", field="models")
     return {name: found[name] for name in sorted(found, key=lambda n: (BUILTIN_ORDER + (n,)).index(n))}
 
 

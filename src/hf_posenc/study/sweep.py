@@ -31,173 +31,35 @@ Outputs: ``DIR/results.md`` (trials sorted by validation loss, best per encoding
 from __future__ import annotations
 
 import copy
-import dataclasses
-import hashlib
 import itertools
 import json
 import math
 import random
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ..errors import UsageError
-from ..train.run_config import SECTION_TYPES, RunConfig, read_config_file
+from ..errors import SettingsError
+from ..run_folder import TRIALS_FILE
+from ..train.run_config import RunConfig
+from .sweep_config import (  # noqa: F401  (re-exported: the sweep's settings)
+    SEARCH_METHODS,
+    Parameter,
+    SweepConfig,
+    config_hash,
+    load_sweep_config,
+    parse_space,
+    sweep_config_from_dict,
+)
 
-SEARCH_METHODS = ("grid", "random", "optuna")
-TOP_LEVEL_KEYS = ("name", "output_dir", "encodings", "search", "num_trials", "seed", "threads", "space", "run")
 FINISHED = ("ok", "diverged", "invalid")  # statuses that are not retried
-TRIALS_FILE = "trials.jsonl"
-
-
-# ---- the search space -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Parameter:
-    """One swept run-config field: a list of choices, or a numeric range."""
-
-    name: str  # dotted, e.g. "training.lr"
-    choices: tuple | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-
-    def sample(self, rng: random.Random):
-        if self.choices is not None:
-            return rng.choice(self.choices)
-        if self.integer:
-            if self.log:
-                return int(round(math.exp(rng.uniform(math.log(self.low), math.log(self.high)))))
-            return rng.randint(int(self.low), int(self.high))
-        if self.log:
-            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
-        return float(rng.uniform(self.low, self.high))
-
-    def optuna_distribution(self):
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-        if self.choices is not None:
-            return CategoricalDistribution(list(self.choices))
-        if self.integer:
-            return IntDistribution(int(self.low), int(self.high), log=self.log)
-        return FloatDistribution(float(self.low), float(self.high), log=self.log)
-
-
-def parse_space(raw, source: str) -> list[Parameter]:
-    if not isinstance(raw, dict) or not raw:
-        raise UsageError(f"space in {source} must be a non-empty mapping of dotted run-config keys to choices or ranges")
-    parameters = []
-    for name, spec in raw.items():
-        section, _, field_name = str(name).partition(".")
-        if section not in SECTION_TYPES or field_name not in {f.name for f in dataclasses.fields(SECTION_TYPES[section])}:
-            raise UsageError(f"space in {source}: {name!r} is not a run-config field (e.g. model.num_hidden_layers, training.lr)")
-        if name == "model.position_encoding":
-            raise UsageError(f"space in {source}: sweep encodings with the top-level 'encodings' list, not the space")
-        if isinstance(spec, list):
-            if not spec:
-                raise UsageError(f"space in {source}: {name} has an empty list of choices")
-            parameters.append(Parameter(name, choices=tuple(spec)))
-        elif isinstance(spec, dict):
-            unknown = sorted(set(spec) - {"low", "high", "log"})
-            low, high = spec.get("low"), spec.get("high")
-            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
-            if unknown or not numbers or low > high:
-                raise UsageError(f"space in {source}: {name} must be a list of values or {{low, high, log}} with low <= high, got {spec!r}")
-            log = bool(spec.get("log", False))
-            if log and low <= 0:
-                raise UsageError(f"space in {source}: {name} has log: true, so low must be > 0, got {low!r}")
-            parameters.append(Parameter(name, low=low, high=high, log=log, integer=isinstance(low, int) and isinstance(high, int)))
-        else:
-            raise UsageError(f"space in {source}: {name} must be a list of values or {{low, high, log}}, got {spec!r}")
-    return parameters
-
-
-# ---- configuration --------------------------------------------------------------------------------------
-@dataclass
-class SweepConfig:
-    name: str
-    output_dir: str | None
-    encodings: list[str]
-    search: str
-    num_trials: int
-    seed: int
-    space: list[Parameter]
-    run: RunConfig
-    raw: dict  # as read (for the sweep's identity hash)
-    threads: int | None = None
-
-    @property
-    def sweep_id(self) -> str:
-        """Identity of the search (space, method, seed, base run): trials of another sweep in the log do not count."""
-        identity = {k: self.raw.get(k) for k in ("search", "seed", "space")} | {"run": self.run.to_dict()}
-        return _hash(identity)
-
-
-def load_sweep_config(path: str | Path, overrides: dict | None = None) -> SweepConfig:
-    path = Path(path)
-    raw, source = read_config_file(path)
-    if not isinstance(raw, dict):
-        raise UsageError(f"{source} must be a YAML mapping with keys {list(TOP_LEVEL_KEYS)}")
-    for dotted, value in (overrides or {}).items():
-        node, parts = raw, dotted.split(".")
-        if parts[0] not in TOP_LEVEL_KEYS:
-            raise UsageError(f"unknown sweep config key {dotted!r} in --set (top-level keys: {', '.join(TOP_LEVEL_KEYS)})")
-        if parts[0] == "space" and len(parts) > 1:  # space keys are dotted themselves: space.training.lr=...
-            parts = ["space", ".".join(parts[1:])]
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
-    return sweep_config_from_dict(raw, source=source, default_name=path.stem)
-
-
-def sweep_config_from_dict(raw: dict, source: str = "sweep config", default_name: str = "sweep") -> SweepConfig:
-    from ..model.encodings_hf_posenc import available_position_encodings
-
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise UsageError(f"unknown key(s) {unknown} in {source}; allowed: {list(TOP_LEVEL_KEYS)}")
-    search = raw.get("search", "grid")
-    if search not in SEARCH_METHODS:
-        raise UsageError(f"search in {source} must be one of {list(SEARCH_METHODS)}, got {search!r}")
-    encodings = raw.get("encodings", ["rope"])
-    if not isinstance(encodings, list) or not encodings or len(set(encodings)) != len(encodings):
-        raise UsageError(f"encodings in {source} must be a non-empty list without repeats, got {encodings!r}")
-    for name in encodings:
-        if name not in available_position_encodings():
-            raise UsageError(f"encodings in {source}: unknown position encoding {name!r}; choose from {available_position_encodings()}")
-    num_trials, seed = raw.get("num_trials", 8), raw.get("seed", 0)
-    for key, value, minimum in (("num_trials", num_trials, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UsageError(f"{key} in {source} must be an integer >= {minimum}, got {value!r}")
-    space = parse_space(raw.get("space"), source)
-    if search == "grid":
-        ranges = [p.name for p in space if p.choices is None]
-        if ranges:
-            raise UsageError(f"search: grid needs a list of values for every parameter; {ranges} in {source} are ranges "
-                             "(use search: random or optuna, or list the values)")
-    if search == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError as error:
-            raise UsageError("search: optuna needs the optuna package: pip install optuna (or pip install 'hf_posenc[dev]')") from error
-    threads = raw.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"threads in {source} must be an integer >= 1 or null, got {threads!r}")
-    run = RunConfig.from_dict(raw.get("run"), source=f"{source} (run section)")
-    return SweepConfig(str(raw.get("name") or default_name), raw.get("output_dir"), list(encodings), search, num_trials,
-                       seed, space, run, raw, threads)
-
-
-def _hash(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 # ---- trials ---------------------------------------------------------------------------------------------
 def trial_run_config(config: SweepConfig, encoding: str, params: dict) -> RunConfig:
-    """The base run config with the encoding and the trial's parameters applied (UsageError if invalid)."""
+    """The base run config with the encoding and the trial's parameters applied (SettingsError if invalid)."""
     run = copy.deepcopy(config.run)
     run.model.position_encoding = encoding
     overrides = {name: value for name, value in params.items()}
@@ -213,7 +75,7 @@ def trial_key(encoding: str, run: RunConfig) -> str:
     resolved = run.to_dict()
     resolved.pop("output_dir", None)
     resolved.pop("run_name", None)
-    return _hash({"encoding": encoding, "run": resolved})
+    return config_hash({"encoding": encoding, "run": resolved})
 
 
 def read_trials(path: Path) -> list[dict]:
@@ -250,8 +112,8 @@ class SweepRunner:
         params = {name: _plain(value) for name, value in params.items()}
         try:
             run = trial_run_config(self.config, encoding, params)
-        except UsageError as error:
-            run, key, invalid = None, _hash({"encoding": encoding, "params": params, "sweep": self.config.sweep_id}), str(error)
+        except SettingsError as error:
+            run, key, invalid = None, config_hash({"encoding": encoding, "params": params, "sweep": self.config.sweep_id}), str(error)
         else:
             key, invalid = trial_key(encoding, run), None
         if key in self.finished:
@@ -267,7 +129,7 @@ class SweepRunner:
             summary = train(run, trial_dir, resume=trial_dir.exists(), show_progress=self.show_progress)
         except TrainingDiverged as error:
             record = self._record(encoding, params, key, "diverged", error=str(error), output_dir=trial_dir)
-        except UsageError as error:  # e.g. the data cannot fill a batch with these parameters
+        except SettingsError as error:  # e.g. the data cannot fill a batch with these parameters
             record = self._record(encoding, params, key, "invalid", error=str(error), output_dir=trial_dir)
         except Exception as error:  # noqa: BLE001 - logged and retried next time; the sweep goes on
             traceback.print_exc(file=sys.stderr)
@@ -324,16 +186,16 @@ def run_sweep(config: SweepConfig, output_dir: str | Path | None = None, show_pr
 
         torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "sweep_config.yaml").write_text(yaml.safe_dump(config.raw, sort_keys=False))
+    (output_dir / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     runner = SweepRunner(config, output_dir, show_progress)
     for encoding in config.encodings:
         if config.search == "grid":
-            for params in grid_params(config.space):
+            for params in grid_params(config.parameters):
                 runner.run(encoding, params)
         elif config.search == "random":
             rng = random.Random(f"{config.seed}|{encoding}")  # the same draws on every rerun
             for _ in range(config.num_trials):
-                runner.run(encoding, {p.name: p.sample(rng) for p in config.space})
+                runner.run(encoding, {p.name: p.sample(rng) for p in config.parameters})
         else:
             _optuna_search(config, runner, encoding)
     trials = list(runner.session)
@@ -350,7 +212,7 @@ def _optuna_search(config: SweepConfig, runner: SweepRunner, encoding: str) -> N
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {p.name: p.optuna_distribution() for p in config.space}
+    distributions = {p.name: p.optuna_distribution() for p in config.parameters}
     study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     mine = [t for t in runner.logged if t.get("sweep") == config.sweep_id and t["position_encoding"] == encoding
             and t.get("status") in FINISHED]
@@ -389,8 +251,8 @@ def _finished_with(runner: SweepRunner, encoding: str, params: dict) -> dict | N
     """The logged result of these exact parameters, if any (without running or logging anything)."""
     try:
         key = trial_key(encoding, trial_run_config(runner.config, encoding, params))
-    except UsageError:
-        key = _hash({"encoding": encoding, "params": params, "sweep": runner.config.sweep_id})
+    except SettingsError:
+        key = config_hash({"encoding": encoding, "params": params, "sweep": runner.config.sweep_id})
     return runner.finished.get(key)
 
 
@@ -421,7 +283,7 @@ def _show(value) -> str:
 
 
 def sweep_markdown(config: SweepConfig, trials: list[dict]) -> str:
-    names = [p.name for p in config.space]
+    names = [p.name for p in config.parameters]
     unique = list({t["key"]: t for t in trials}.values())
     best = []
     for encoding in config.encodings:

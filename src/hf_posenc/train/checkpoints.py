@@ -249,7 +249,8 @@ def refuse_pickle_checkpoint(path: Path) -> None:
         raise UsageError(
             f"cannot resume from {str(path)!r}: it holds pickle files ({', '.join(pickles)}) written by an older "
             "hf_posenc release; loading a pickle can run arbitrary code, so hf_posenc never does. Start a new run "
-            "(--overwrite or another --output-dir); the exported model.safetensors of that run stays usable"
+            "(`overwrite`, or another `output_dir`); the exported model.safetensors of that run stays usable",
+            field="output_dir",
         )
 
 
@@ -294,7 +295,7 @@ def newest_readable_checkpoint(output_dir, rank: int, say) -> CheckpointContents
     return None
 
 
-def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimizer, scheduler) -> dict:
+def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimizer, scheduler, say=print) -> dict:
     """Put model, optimizer, scheduler, scaler and RNG states in place; return the trainer state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -307,6 +308,9 @@ def apply_checkpoint(accelerator, contents: CheckpointContents, *, model, optimi
         accelerator.scaler.load_state_dict(contents.scaler_state)
     if contents.rng is not None:
         _set_rng_states(*contents.rng)
+    else:  # the data order does not depend on it, but random ops (dropout) will differ from the original run
+        say(f"Checkpoint {contents.path} has no RNG state for process {accelerator.process_index} (it was written by "
+            f"{contents.trainer_state.get('num_processes', '?')} process(es)); continuing with fresh generator states")
     return dict(contents.trainer_state)
 
 

@@ -42,6 +42,8 @@ from .output_guard import (
     release_output_dir,
 )
 from .run_config import RunConfig
+from .sharding import cpu_fsdp_requested, full_tensor, shard_on_cpu, unsharded_copy
+from .step import build_causal_lm, build_optimizer, optimizer_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -155,10 +157,6 @@ def evaluate_loss(model, blocks, accelerator, per_device: int, max_global_batche
 # ---- model and optimizer -----------------------------------------------------------------------------------
 def build_model(run_config: RunConfig, tokenizer):
     """A freshly initialized ``PosEncForCausalLM`` (seed it first) sized to the tokenizer."""
-    from transformers import AutoModelForCausalLM
-
-    import hf_posenc  # noqa: F401  (registers the Auto classes)
-
     vocab = len(tokenizer)
     if run_config.model.vocab_size is not None and run_config.model.vocab_size < vocab:
         raise UsageError(f"model.vocab_size={run_config.model.vocab_size} is smaller than the tokenizer's {vocab} tokens")
@@ -168,21 +166,7 @@ def build_model(run_config: RunConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=run_config.model.attn_implementation)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    return model
-
-
-def build_optimizer(model, t) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on norms or embedding tables)."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon)
+    return build_causal_lm(config, run_config.model.attn_implementation)
 
 
 # ---- small helpers -----------------------------------------------------------------------------------------
@@ -272,6 +256,12 @@ def train(
         _reset_accelerate_singletons()
         raise UsageError(f"cannot set up Accelerate with training.mixed_precision={t.mixed_precision!r}, "
                          f"training.report_to={t.report_to!r}: {error}") from error
+    if run_config.model.attn_implementation == "flex_attention" and accelerator.device.type == "cpu":
+        _reset_accelerate_singletons()
+        raise UsageError(
+            "model.attn_implementation='flex_attention' cannot train on CPU: PyTorch's FlexAttention has no backward "
+            "pass there; use 'sdpa' or 'eager' (flex_attention still works for evaluation on CPU and training on GPU)"
+        )
     threads_before = torch.get_num_threads()
     if t.cpu_threads is not None and accelerator.device.type == "cpu":
         torch.set_num_threads(t.cpu_threads)
@@ -308,18 +298,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     show = show_progress and main
     with accelerator.main_process_first():  # the main process fills the caches, the others read them
         data = prepare_data(run_config, show_progress=show)
-    global_batch = t.per_device_batch_size * accelerator.num_processes
-    block = run_config.data.block_size
-    if len(data.train_blocks) < global_batch:
-        raise UsageError(
-            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
-            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
-        )
-    if len(data.eval_blocks) < accelerator.num_processes:
-        raise UsageError(
-            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
-            f"tokens, fewer than the {accelerator.num_processes} process(es); use more data or a smaller block_size"
-        )
+    global_batch = _check_data_fits(data, run_config, accelerator.num_processes)
     run_config.model.vocab_size = run_config.model.vocab_size or len(data.tokenizer)
     run_config.output_dir = str(output_dir)
     checkpoint = _read_resume_checkpoint(accelerator, output_dir, run_config, global_batch) if resume else None
@@ -328,13 +307,22 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     model = build_model(run_config, data.tokenizer)
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = build_optimizer(model, t)
+    sharded_on_cpu = cpu_fsdp_requested(accelerator)
+    if sharded_on_cpu:  # Accelerate would fall back to DDP on CPU: shard with FSDP2 ourselves
+        model = shard_on_cpu(model)
+        _say(main, f"Sharding the model with torch FSDP2 across {accelerator.num_processes} CPU processes")
+    # on the sharded parameters when sharded
+    optimizer = build_optimizer(model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_epsilon)
     scheduler = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded_on_cpu:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     state = {"step": 0, "tokens_seen": 0, "train_runtime_s": 0.0, "global_batch_size": global_batch * t.gradient_accumulation_steps}
     if checkpoint is not None:
-        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler))
+        state.update(apply_checkpoint(accelerator, checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                                      say=lambda text: print(text, file=sys.stderr, flush=True)))
         _say(main, f"Resuming from {checkpoint.path} (step {state['step']})")
     elif resume:
         _say(main, f"No complete checkpoint in {output_dir}/checkpoints: starting from step 0")
@@ -342,15 +330,7 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     # Every check has passed and the model is built: only now is anything in the output folder changed.
     metrics = MetricsLog(output_dir / METRICS_FILE, enabled=main)
     if main:
-        previous.move_aside()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(output_dir, run_config.to_dict())
-        if checkpoint is not None:
-            if metrics.truncate_after(state["step"]):  # rows after the checkpoint are written again
-                _say(main, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
-        else:
-            metrics.path.unlink(missing_ok=True)
-        remove_staging_leftovers(output_dir)
+        _open_output_dir(output_dir, previous, run_config, metrics, state["step"] if checkpoint is not None else None)
     accelerator.wait_for_everyone()
     if trackers:
         accelerator.init_trackers(run_config.run_name or "hf_posenc", config=_flat_hparams(run_config.to_dict()))
@@ -370,6 +350,36 @@ def _train_with(accelerator, run_config, output_dir, resume, previous, show_prog
     if main:
         previous.discard()
     return summary
+
+
+def _check_data_fits(data: PreparedData, run_config: RunConfig, num_processes: int) -> int:
+    """The global batch (rows per micro-step), once the data is known to fill one and every process validates."""
+    global_batch = run_config.training.per_device_batch_size * num_processes
+    block = run_config.data.block_size
+    if len(data.train_blocks) < global_batch:
+        raise UsageError(
+            f"data {data.description}: the train split packs into {len(data.train_blocks)} blocks of {block} tokens, "
+            f"fewer than one global batch ({global_batch}); use more data or a smaller batch / block_size"
+        )
+    if len(data.eval_blocks) < num_processes:
+        raise UsageError(
+            f"data {data.description}: the validation split packs into {len(data.eval_blocks)} blocks of {block} "
+            f"tokens, fewer than the {num_processes} process(es); use more data or a smaller block_size"
+        )
+    return global_batch
+
+
+def _open_output_dir(output_dir: Path, previous: PreviousRun, run_config: RunConfig, metrics: MetricsLog,
+                     resumed_step: int | None) -> None:
+    """Main process, after every check: set the earlier run aside, write the run config, trim the metrics."""
+    previous.move_aside()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(output_dir, run_config.to_dict())
+    if resumed_step is None:
+        metrics.path.unlink(missing_ok=True)
+    elif metrics.truncate_after(resumed_step):  # rows after the checkpoint are written again
+        _say(True, f"Dropped unreadable line(s) of {metrics.path} (a write cut short by a killed run)")
+    remove_staging_leftovers(output_dir)
 
 
 def _say(main: bool, message: str) -> None:
@@ -408,26 +418,20 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
             raise TrainingDiverged(
                 f"the training loss or gradient norm became NaN/inf at step {bad} "
                 f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
-                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then --resume or a new run."
+                "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then resume or start a new run."
             )
 
     model.train()
     try:
         while state["step"] < t.max_steps:
-            step_loss = torch.zeros((), device=device)
+            micro_batches = []
             for _ in range(t.gradient_accumulation_steps):
                 input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
-                with accelerator.accumulate(model):
-                    loss = model(input_ids=input_ids, labels=input_ids, use_cache=False).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                        grad_norm = torch.as_tensor(0.0 if norm is None else norm, device=device)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().float() / t.gradient_accumulation_steps
-            if not optimizer.step_was_skipped:  # fp16 overflow steps do not advance the schedule
-                scheduler.step()
+                micro_batches.append({"input_ids": input_ids, "labels": input_ids})
+            step_loss, grad_norm = optimizer_step(
+                model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
+            )
+            grad_norm = full_tensor(grad_norm)  # a DTensor when the parameters are sharded
             state["step"] += 1
             state["tokens_seen"] += tokens_per_step
             step = state["step"]
@@ -497,10 +501,15 @@ def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_confi
 
 def _export(accelerator, model, data, run_config, output_dir: Path, summary: dict) -> None:
     """Write the from_pretrained-ready folder: model + remote code, tokenizer, run config, summary."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # gathers shards under FSDP; collective
+    # Full tensors on the main process whatever the wrapping (none, DDP, FSDP); collective under FSDP.
+    state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = unsharded_copy(accelerator.unwrap_model(model), state_dict)
+        # The trained context length, in config.json for evaluators (lm-evaluation-harness) and our own tools.
+        unwrapped.config.original_max_position_embeddings = run_config.data.block_size
         unwrapped.save_pretrained(str(output_dir), state_dict=state_dict, safe_serialization=True)
         data.tokenizer.save_pretrained(str(output_dir))
         write_run_config(output_dir, run_config.to_dict())

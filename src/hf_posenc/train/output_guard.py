@@ -62,7 +62,7 @@ class PreviousRun:
         if existing and not resume and not overwrite:
             raise UsageError(
                 f"output directory {str(output_dir)!r} already holds a run ({', '.join(p.name for p in existing)}); "
-                "pass --resume to continue it, --overwrite to replace it, or choose another --output-dir"
+                "continue it with `resume`, replace it with `overwrite`, or choose another `output_dir`", field="output_dir"
             )
         leftovers = sorted(output_dir.glob(f"{PREVIOUS_RUN_PREFIX}*")) if output_dir.is_dir() else []
         self.paths = [] if resume else existing + (leftovers if overwrite else [])
@@ -105,7 +105,7 @@ def check_resume_compatible(output_dir: Path, current: dict) -> None:
             changed = sorted(k for k in current[section] if (saved.get(section) or {}).get(k) != current[section][k])
             raise UsageError(
                 f"cannot resume: {', '.join(f'{section}.{k}' for k in changed)} differ(s) from the run in "
-                f"{str(output_dir)!r}; resume with the same config, or start a new --output-dir"
+                f"{str(output_dir)!r}; resume with the same config, or start a new `output_dir`", field="output_dir"
             )
     for key in RESUME_FIXED_TRAINING:
         if (saved.get("training") or {}).get(key) != current["training"][key]:
