@@ -52,7 +52,8 @@ def test_old_cache_keyword_warns_like_llama():
 
 
 def greedy(model, ids, mask=None, **kwargs):
-    config = GenerationConfig(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    # min_new_tokens: an untrained model may emit the eos token by chance (cope does at seed 0)
+    config = GenerationConfig(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
     return model.generate(ids, attention_mask=mask, generation_config=config, **kwargs)
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from .. import run_folder
 from ..errors import UsageError
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS as BUILTIN_ENCODINGS
+from ..model.encodings_hf_posenc import POSITION_ENCODINGS, PositionEncoding
 from ..run_folder import RUN_RECORD_FILES, RunRecords, is_measured as _is_measured
-
-BUILTIN_ENCODINGS = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope")
 REMOTE_CODE_FILES = ("configuration_hf_posenc.py", "modeling_hf_posenc.py", "encodings_hf_posenc.py")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -416,12 +416,18 @@ def build_model_card(
     else:
         eval_note = None
     train_length = (records.eval or {}).get("train_length") or (records.train_summary or {}).get("block_size")
+    encoding_class = POSITION_ENCODINGS.get(encoding, PositionEncoding)  # the card describes what the class says
+    rotates = encoding_class.rotary is not PositionEncoding.rotary
     context = dict(
         repo_id=repo_id,
         model_name=model_name,
         encoding=encoding,
+        encoding_description=encoding_class.description,
+        encoding_citation=encoding_class.citation,
+        encoding_formula=encoding_class.formula,
+        extrapolates=encoding_class.extrapolates,
         hf_posenc_version=__version__,
-        rope_parameters=config.get("rope_parameters") if encoding == "rope" else None,
+        rope_parameters=config.get("rope_parameters") if rotates else None,
         architecture_rows=architecture_rows(config, num_parameters),
         max_position_embeddings=config.get("max_position_embeddings"),
         training_data=training_data,

@@ -77,6 +77,9 @@ class PosEncConfig(PreTrainedConfig):
         sinusoidal_scale (`float`, *optional*):
             Multiplier of the sinusoidal table. ``None`` matches the table's RMS to the token embeddings' RMS
             at initialization (``initializer_range * sqrt(2)``).
+        cope_max_positions (`int`, defaults to 64):
+            CoPE: size of each layer's table of position embeddings; contextual positions (counts of gated
+            tokens, not of tokens) are clamped below it, so it can be much smaller than the context.
         rope_fraction (`float`, defaults to 1.0):
             p-RoPE (rope, xpos): rotate only the highest ``rope_fraction`` of the frequencies; the rest carry no
             position. In (0, 1]; 1 is plain RoPE.
@@ -136,6 +139,7 @@ class PosEncConfig(PreTrainedConfig):
         t5_num_buckets: int = 32,
         t5_max_distance: int = 128,
         sinusoidal_scale: float | None = None,
+        cope_max_positions: int = 64,
         original_max_position_embeddings: int | None = None,
         rope_fraction: float = 1.0,
         alibi_num_heads: int | None = None,
@@ -165,6 +169,7 @@ class PosEncConfig(PreTrainedConfig):
         self.t5_num_buckets = t5_num_buckets
         self.t5_max_distance = t5_max_distance
         self.sinusoidal_scale = sinusoidal_scale
+        self.cope_max_positions = cope_max_positions
         self.rope_fraction = rope_fraction
         self.alibi_num_heads = alibi_num_heads
         self.fire_init_length = fire_init_length
@@ -272,6 +277,7 @@ class PosEncConfig(PreTrainedConfig):
         _require_real("attention_dropout", self.attention_dropout, 0.0, inclusive=True, maximum=1.0)
         _require_int("t5_num_buckets", self.t5_num_buckets, minimum=2)
         _require_int("t5_max_distance", self.t5_max_distance, minimum=self.t5_num_buckets // 2 + 1)
+        _require_int("cope_max_positions", self.cope_max_positions, minimum=2)
         if self.sinusoidal_scale is not None:
             _require_real("sinusoidal_scale", self.sinusoidal_scale, 0.0)
         self._validate_encoding_options()

@@ -61,7 +61,7 @@ def from_llama(model_or_path: LlamaForCausalLM | str | os.PathLike, **config_ove
             same weights under another encoding. Fields that change weight shapes are refused.
 
     With no overrides the result computes the same logits as the Llama (same weights, RoPE, masks).
-    Weights an encoding adds (a learned position table, the T5 bias table) are freshly initialized.
+    Weights an encoding adds (a learned position table, the T5 bias table, FoX's gates) are freshly initialized.
     """
     from transformers import LlamaForCausalLM
 
@@ -84,7 +84,8 @@ def from_llama(model_or_path: LlamaForCausalLM | str | os.PathLike, **config_ove
         )
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("rotary_emb.inv_freq")]
-    missing = [k for k in missing if ".position_encoding." not in k and not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    encoding_weights = (".position_encoding.", ".data_dependent_bias.")  # what the encoding adds: freshly initialized
+    missing = [k for k in missing if not any(part in k for part in encoding_weights) and not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise ValueError(f"Llama weights do not map onto hf_posenc: missing {missing}, unexpected {unexpected}")
     if config.tie_word_embeddings:

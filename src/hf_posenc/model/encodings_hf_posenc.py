@@ -1,11 +1,13 @@
 """The position encodings, each a small module behind one interface, and the registry that names them.
 
-An encoding may act at three points of the decoder (all hooks default to "do nothing", which is NoPE):
+An encoding may act at four points of the decoder (all hooks default to "do nothing", which is NoPE):
 
 1. ``input_embedding``: a tensor added to the token embeddings (sinusoidal, learned);
 2. ``rotary``: the (cos, sin) pair that rotates queries and keys (rope; xpos gives queries and keys their own);
 3. ``score_bias``: a function ``bias(head, query_pos, key_pos)`` added to the attention scores (alibi, t5_bias,
    kerple_log, kerple_power, fire, sandwich, dynamic_bias).
+4. ``data_dependent_bias``: a per-layer module that sees the layer's inputs, queries and keys (fox, cope); it
+   lives in ``data_dependent_hf_posenc.py`` with the cache handling it needs.
 
 The model calls each hook once per forward and hands the result to every layer. ``score_bias`` returns a
 function of index tensors rather than a tensor so that one definition serves both the dense path (eager /
@@ -31,6 +33,8 @@ import torch
 from torch import nn
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
+from .data_dependent_hf_posenc import ContextualPositionBias, DataDependentBias, ForgetGateBias
+
 # bias(head, query_pos, key_pos) -> additive score bias; arguments broadcast against each other.
 ScoreBiasFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,6 +57,7 @@ class PositionEncoding(nn.Module):
     citation: str = ""
     formula: str = ""
     color: str | None = None  # matplotlib colour in every plot; None: a stable colour derived from the name
+    supports_flex_attention: bool = True  # False: attn_implementation="flex_attention" is refused (cope)
     # Triton block sizes for FlexAttention on GPU (its ``kernel_options``), or None for torch's defaults.
     flex_kernel_options: dict | None = None
 
@@ -77,6 +82,15 @@ class PositionEncoding(nn.Module):
 
         ``query_pos`` and ``key_pos`` are indices into the key/value sequence (the cache included); only
         their difference should matter. ``key_length`` bounds every index, so tables can be precomputed.
+        """
+        return None
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx: int) -> DataDependentBias | None:
+        """The module that layer ``layer_idx``'s attention calls with its inputs, queries and keys, or ``None``.
+
+        A classmethod because each attention layer builds its own (the parameters are per layer); see
+        ``DataDependentBias`` for the three methods a data-dependent encoding overrides.
         """
         return None
 
@@ -677,6 +691,68 @@ class DynamicBiasPositionEncoding(PositionEncoding):
         return distance_table_bias(self.mlp(features).float().t())  # (key_length, heads) -> (heads, key_length)
 
 
+class DataDependentPositionEncoding(PositionEncoding):
+    """Base of encodings whose bias depends on the text (fox, cope): it has no profile by distance alone.
+
+    Figures draw these on real text instead (``DataDependentBias.explain``, per layer and head).
+    """
+
+    bias_class: type[DataDependentBias] = DataDependentBias
+    gate_values: tuple[float, ...] = ()
+    constant_gate_label = ""
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx):
+        return cls.bias_class(config, layer_idx)
+
+    def distance_profile(self, max_distance, trained=False):
+        """What the bias would be if every gate had one value (the real gates depend on the text: figures draw
+        those from a trained model on validation text)."""
+        distance = torch.arange(max_distance + 1, dtype=torch.float32)
+        curves = [(f"every gate {gate}", self.constant_gate_profile(distance, gate)) for gate in self.gate_values]
+        return {"curves": curves, "ylabel": self.constant_gate_label, "note": "constant gates; depends on the text"}
+
+
+class ForgettingPositionEncoding(DataDependentPositionEncoding):
+    """FoX (Lin et al., 2025): a learned per-head forget gate decays attention to the past; see ForgetGateBias."""
+
+    bias_class = ForgetGateBias
+    gate_values = (0.9, 0.99, 0.999)
+    constant_gate_label = "score bias sum log f"
+
+    @staticmethod
+    def constant_gate_profile(distance, gate):
+        return distance * math.log(gate)  # d tokens in (j, i], each adding log f
+    description = (
+        "Forgetting Transformer (Lin et al., 2025): a per-head forget gate f_t = sigmoid(w . x_t + b) computed from "
+        "each token; the score of a query for a key d tokens back gets the sum of log f over the tokens in between, "
+        "a learned decay that depends on the content."
+    )
+    citation = "Lin et al., ICLR 2025 (Forgetting Transformer: Softmax Attention with a Forget Gate)"
+    formula = "bias(i, j) = sum_{t=j+1..i} log sigmoid(w_h . x_t + b_h)"
+    color = "#393b79"
+
+
+class ContextualPositionEncoding(DataDependentPositionEncoding):
+    """CoPE (Golovneva et al., 2024): positions counted by gates on q . k; see ContextualPositionBias."""
+
+    bias_class = ContextualPositionBias
+    supports_flex_attention = False  # a suffix sum over the whole row of gates is not a score_mod
+    gate_values = (0.25, 0.5, 1.0)
+    constant_gate_label = "contextual position p"
+
+    def constant_gate_profile(self, distance, gate):
+        return (gate * (distance + 1)).clamp(max=self.config.cope_max_positions - 1)  # keys j..i, each adding g
+    description = (
+        "Contextual Position Encoding (Golovneva et al., 2024): a position is the number of keys between query and "
+        "key whose gate sigmoid(q . k) is open, so it counts words, sentences or whatever the model learns to count; "
+        "the bias interpolates learned per-layer embeddings at that fractional position."
+    )
+    citation = "Golovneva et al., 2024 (Contextual Position Encoding: Learning to Count What's Important)"
+    formula = "p_ij = sum_{t=j..i} sigmoid(q_i . k_t / sqrt(d)); bias(i, j) = q_i . e[p_ij] (interpolated)"
+    color = "#637939"
+
+
 # The registry: an explicit dict, filled here and by ``register_position_encoding``.
 POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "sinusoidal": SinusoidalPositionEncoding,
@@ -691,6 +767,8 @@ POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "xpos": XposPositionEncoding,
     "sandwich": SandwichPositionEncoding,
     "dynamic_bias": DynamicBiasPositionEncoding,
+    "fox": ForgettingPositionEncoding,
+    "cope": ContextualPositionEncoding,
 }
 
 

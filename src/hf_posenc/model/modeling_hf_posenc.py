@@ -37,7 +37,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hf_posenc import PosEncConfig
-from .encodings_hf_posenc import POSITION_ENCODINGS, build_position_encoding
+from .encodings_hf_posenc import POSITION_ENCODINGS, PositionEncoding, build_position_encoding
 
 logger = logging.get_logger(__name__)
 
@@ -193,6 +193,8 @@ class PosEncAttention(nn.Module):
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
         encoding_class = POSITION_ENCODINGS.get(config.position_encoding)
         self.flex_kernel_options = getattr(encoding_class, "flex_kernel_options", None)
+        # Data-dependent encodings (fox, cope) own a module per layer: it sees this layer's inputs, queries and keys.
+        self.data_dependent_bias = encoding_class.data_dependent_bias(config, layer_idx) if encoding_class else None
 
     def forward(self, hidden_states, attention_mask, rotary=None, score_mod=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
@@ -204,7 +206,11 @@ class PosEncAttention(nn.Module):
 
         if rotary is not None:  # ((cos, signed_sin) of the queries, of the keys) from prepare_rotary
             query, key = rotate(query, *rotary[0]), rotate(key, *rotary[1])
-        if cache is not None:
+        if self.data_dependent_bias is not None:  # it updates the cache itself: it may keep state with the keys
+            key, value, attention_mask, score_mod = self.data_dependent_bias(
+                hidden_states, query, key, value, attention_mask, score_mod, cache
+            )
+        elif cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
 
         dropout = self.config.attention_dropout if self.training else 0.0
@@ -253,21 +259,56 @@ def positions_from_attention_mask(attention_mask, query_offset, query_length, de
     return (torch.arange(query_length, device=device) + query_offset).unsqueeze(0)
 
 
-def fold_bias_into_mask(bias, mask, query_pos, key_pos, dtype):
-    """Combine a (1, heads, q, kv) float32 bias with the mask transformers built for eager / SDPA.
+def fold_bias_into_mask(bias, mask, dtype):
+    """Combine a (batch or 1, heads, q, kv) float32 bias with the mask transformers built for eager / SDPA.
 
-    ``mask`` is None (SDPA would have used is_causal), boolean (True = attend) or additive float, shaped
-    (batch, 1, q, kv). Without padding the result stays (1, heads, q, kv), broadcast over the batch.
+    ``mask`` is None (SDPA would have used is_causal, or no mask for a single query), boolean (True = attend)
+    or additive float, shaped (batch, 1, q, kv). A bias shared by the batch stays (1, heads, q, kv) unless the
+    mask itself is per example (padding).
     """
     blocked = torch.finfo(dtype).min
     if mask is None:
-        causal = key_pos[None, :] <= query_pos[:, None]  # (q, kv)
+        query_length, key_length = bias.shape[-2:]
+        # (q, kv) as SDPA reads a missing mask: one query sees every key; several are causal from the top left
+        causal = torch.ones(query_length, key_length, dtype=torch.bool, device=bias.device)
+        causal = causal if query_length == 1 else causal.tril()
         combined = bias.masked_fill(~causal, blocked)
     elif mask.dtype == torch.bool:
         combined = bias.masked_fill(~mask, blocked)
     else:
         combined = (mask.float() + bias).clamp(min=blocked)
     return combined.to(dtype)
+
+
+def key_positions_with_cache(position_ids, cache, attention_mask, query_offset: int) -> torch.LongTensor:
+    """Positions of every key the attention sees, the cached ones first: (batch or 1, cached + q).
+
+    The positions of cached keys are kept on the cache (so packed or custom positions stay exact while
+    decoding); a cache filled elsewhere falls back to what positions derived from the mask would have been.
+    """
+    query_length = position_ids.shape[-1]
+    if cache is None:
+        return position_ids
+    stored = getattr(cache, "hf_posenc_key_positions", None)
+    if stored is None or stored.shape[-1] < query_offset or stored.shape[0] not in (1, position_ids.shape[0]):
+        full_mask = attention_mask if attention_mask is not None and attention_mask.ndim == 2 else None
+        if full_mask is not None and full_mask.shape[-1] != query_offset + query_length:
+            full_mask = None
+        stored = positions_from_attention_mask(full_mask, 0, query_offset + query_length, position_ids.device)
+    previous = stored[..., :query_offset]
+    batch = max(previous.shape[0], position_ids.shape[0])
+    # (batch or 1, cached) + (batch or 1, q) -> (batch or 1, cached + q)
+    keys = torch.cat([previous.expand(batch, -1), position_ids.expand(batch, -1)], dim=-1)
+    cache.hf_posenc_key_positions = keys
+    return keys
+
+
+def visible_key_positions(key_positions, key_length: int, key_offset: int) -> torch.LongTensor:
+    """The key positions of the slots the mask covers: a sliding window starts at ``key_offset``; a static
+    cache has ``key_length`` slots, those not yet written (padded with 0 here) are masked anyway."""
+    visible = key_positions[..., key_offset : key_offset + key_length]
+    missing = key_length - visible.shape[-1]
+    return nn.functional.pad(visible, (0, missing)) if missing > 0 else visible
 
 
 class PosEncPreTrainedModel(PreTrainedModel):
@@ -398,7 +439,12 @@ class PosEncModel(PosEncPreTrainedModel):
                 position_ids=caller_position_ids,
                 **{CACHE_KWARG: cache},
             )
-        mask, score_mod = self._attach_score_bias(mask, attention_mask, cache, query_offset, inputs_embeds)
+        if type(encoding).score_bias is not PositionEncoding.score_bias:  # the encoding biases attention scores
+            mask, score_mod = self._attach_score_bias(
+                mask, position_ids, caller_position_ids is None, attention_mask, cache, query_offset, inputs_embeds
+            )
+        else:
+            score_mod = None
 
         for layer in self.layers:
             # The mask goes by position: reentrant checkpointing passes only positional tensors through its
@@ -439,38 +485,79 @@ class PosEncModel(PosEncPreTrainedModel):
             and caller_position_ids is None
         )
 
-    def _attach_score_bias(self, mask, attention_mask, cache, query_offset, inputs_embeds):
-        """Add the encoding's score bias: into the eager / SDPA mask, or as a FlexAttention score_mod."""
+    def _attach_score_bias(self, mask, position_ids, derived, attention_mask, cache, query_offset, inputs_embeds):
+        """Add the encoding's score bias, a function of query and key *positions* (cached keys included): into
+        the eager / SDPA mask, or as a FlexAttention score_mod.
+
+        Positions shared by the batch give a (1, heads, q, kv) bias broadcast over the batch; per-example
+        positions (padding, packed rows) a per-example one. FlexAttention never builds it: the score_mod looks
+        the positions up (or, for plain contiguous positions, uses the indices themselves).
+        """
         query_length, device = inputs_embeds.shape[1], inputs_embeds.device
         if cache is not None:
             key_length, key_offset = cache.get_mask_sizes(query_length, 0)
-        elif attention_mask is not None:
-            key_length, key_offset = attention_mask.shape[-1], 0
         else:
             key_length, key_offset = query_length, 0
-        bias_fn = self.position_encoding.score_bias(key_length, device, inputs_embeds.dtype)
+        key_pos = key_positions_with_cache(position_ids, cache, attention_mask, query_offset)
+        contiguous = derived and attention_mask is None  # positions are the indices themselves
+        bias_fn = self.position_encoding.score_bias(
+            self._distance_bound(position_ids, key_pos, key_length, contiguous), device, inputs_embeds.dtype
+        )
         if bias_fn is None:
             return mask, None
+        key_pos = visible_key_positions(key_pos, key_length, key_offset)
 
         implementation = self.config._attn_implementation
         if implementation == "flex_attention":
-            offset = torch.as_tensor(query_offset, device=device) - key_offset
-
-            def score_mod(score, batch, head, query_idx, key_idx):
-                return score + bias_fn(head, query_idx + offset, key_idx)
-
-            return mask, score_mod
+            if derived:
+                # Positions derived from the mask: the indices, up to each row's padding. Relative (distance-only)
+                # biases are the same either way, and index arithmetic keeps the kernel free of lookups (a per-row
+                # lookup here breaks the CPU FlexAttention compiler on recompiles, torch 2.13).
+                offset = torch.as_tensor(query_offset - key_offset, device=device)
+                return mask, positional_score_mod(bias_fn, offset[None, None], torch.zeros_like(offset)[None, None], True)
+            return mask, positional_score_mod(bias_fn, position_ids, key_pos, contiguous)
         if implementation not in ("eager", "sdpa"):
             raise ValueError(
                 f"position_encoding={self.config.position_encoding!r} adds a bias to attention scores, which "
                 f"attn_implementation={implementation!r} cannot take; use 'eager', 'sdpa' or 'flex_attention'"
             )
-        query_pos = torch.arange(query_length, device=device) + query_offset
-        key_pos = torch.arange(key_length, device=device) + key_offset
         heads = torch.arange(self.config.num_attention_heads, device=device)
-        # (heads, 1, 1), (1, q, 1), (1, 1, kv) broadcast to (heads, q, kv); add a batch axis of 1
-        bias = bias_fn(heads[:, None, None], query_pos[None, :, None], key_pos[None, None, :]).unsqueeze(0)
-        return fold_bias_into_mask(bias.float(), mask, query_pos, key_pos, inputs_embeds.dtype), None
+        # (1, heads, 1, 1), (batch or 1, 1, q, 1), (batch or 1, 1, 1, kv) broadcast to (batch or 1, heads, q, kv)
+        bias = bias_fn(heads[None, :, None, None], position_ids[:, None, :, None], key_pos[:, None, None, :])
+        return fold_bias_into_mask(bias.float(), mask, inputs_embeds.dtype), None
+
+    @staticmethod
+    def _distance_bound(query_pos, key_pos, key_length: int, contiguous: bool) -> int:
+        """An upper bound on query minus key position, for encodings that tabulate the bias by distance.
+
+        Positions derived from the mask never exceed their index, so ``key_length`` bounds them with no device
+        sync; custom positions (packed, gapped, randomized) are measured, except under torch.compile, where a
+        table stays ``key_length`` long and farther distances share its last entry.
+        """
+        if contiguous or torch.compiler.is_compiling():
+            return key_length
+        return max(key_length, int(query_pos.max() - key_pos.min()) + 1)
+
+
+def positional_score_mod(bias_fn, query_pos, key_pos, contiguous: bool):
+    """A FlexAttention score_mod adding ``bias_fn(head, query position, key position)``; no L x L tensor."""
+    if contiguous:  # positions are the indices, shifted by the first query's and the first key's position
+        query_start, key_start = query_pos[0, 0], key_pos[0, 0]
+
+        def score_mod(score, batch, head, query_idx, key_idx):
+            return score + bias_fn(head, query_idx + query_start, key_idx + key_start)
+
+        return score_mod
+    batch_size = max(query_pos.shape[0], key_pos.shape[0])
+    per_example = batch_size > 1
+    query_pos = query_pos.expand(batch_size, -1).contiguous()  # (batch or 1, q)
+    key_pos = key_pos.expand(batch_size, -1).contiguous()  # (batch or 1, kv)
+
+    def score_mod(score, batch, head, query_idx, key_idx):
+        row = batch if per_example else 0
+        return score + bias_fn(head, query_pos[row, query_idx], key_pos[row, key_idx])
+
+    return score_mod
 
 
 class PosEncForCausalLM(PosEncPreTrainedModel, GenerationMixin):

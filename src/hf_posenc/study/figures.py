@@ -2,20 +2,18 @@
 trained model's attention looks like under it.
 
 1. ``plot_distance_profiles``: per encoding, the attention bias or query-key similarity as a function of the
-   distance between query and key, computed by calling the encodings themselves:
-
-   * alibi: the score bias ``-slope_h * distance`` of every head (the module's own ``score_bias``);
-   * t5_bias: the learned bias of every head per distance (of a trained model), or, untrained, the bucket
-     each distance falls into (the shared structure: exact buckets, then log-spaced ones);
-   * rope: ``<R(d) q, R(0) k>`` for q = k, rotated by the module's own cos/sin: a constant vector (the slow
-     decay of the RoPE paper) and the mean over random vectors, both normalised to 1 at distance 0;
-   * sinusoidal: cosine similarity of the position vectors ``p`` and ``p + d`` (averaged over ``p``);
-   * learned: the same for the learned position embeddings (of a trained model; untrained they are noise);
-   * nope: no position signal at all (a flat line).
+   distance between query and key. Each encoding draws itself (``PositionEncoding.distance_profile``): a score
+   bias per head, a rotation as the q.k similarity of a vector rotated to both positions, an added embedding as
+   the cosine similarity of position vectors; t5_bias shows its bucket structure untrained, learned its
+   (random or trained) table. A registered encoding is drawn the same way with no edit here.
 
 2. ``average_attention`` / ``plot_attention_maps``: the attention weights of trained models (eager attention,
    ``output_attentions=True``) averaged over layers, heads and windows of held-out text, as heatmaps, and
    ``plot_attention_by_distance``: the average weight a query gives a key ``d`` tokens back.
+
+3. ``data_dependent_by_distance`` / ``plot_data_dependent_profiles``: for encodings whose bias depends on the
+   text (fox, cope), the quantity each layer computes on real text (FoX's log decay, CoPE's contextual
+   position), averaged over windows and queries, per head, against the distance.
 
 matplotlib is imported lazily (through ``hf_posenc.study.plots``).
 """
@@ -31,7 +29,6 @@ from .. import run_folder
 from ..errors import UsageError
 from .plots import encoding_color, new_figure, save
 
-BUILTIN_ORDER = ("sinusoidal", "learned", "rope", "alibi", "t5_bias", "nope")
 
 
 def reference_config(**overrides):
@@ -46,60 +43,22 @@ def reference_config(**overrides):
 
 # ---- 1. distance profiles ---------------------------------------------------------------------------------
 def distance_profile(encoding_name: str, config, model=None, max_distance: int = 256, seed: int = 0) -> dict:
-    """Curves of one encoding against relative distance 0..max_distance.
+    """Curves of one encoding against relative distance 0..max_distance, drawn by the encoding itself.
 
     Returns ``{"distance": (D,) tensor, "curves": [(label, (D,) tensor)], "ylabel": str, "note": str}``.
-    ``model``: a trained ``PosEncForCausalLM`` of this encoding (used for learned and t5_bias).
+    ``model``: a trained ``PosEncForCausalLM`` of this encoding (its learned parameters are drawn).
     """
-    from ..model.encodings_hf_posenc import build_position_encoding, sinusoidal_table, t5_causal_bucket
-    from ..model.modeling_hf_posenc import apply_rotary
+    from ..model.encodings_hf_posenc import build_position_encoding
 
     config = _with_encoding(config, encoding_name)
     torch.manual_seed(seed)
     encoding = model.model.position_encoding if model is not None else build_position_encoding(config)
+    trained = model is not None and any(True for _ in encoding.parameters())
+    profile = encoding.distance_profile(max_distance, trained=trained)
     distance = torch.arange(max_distance + 1)
-    # only learned and t5_bias have trained parameters; the others are fixed functions of the distance
-    note = "trained" if model is not None and encoding_name in ("learned", "t5_bias") else "definition"
-    with torch.no_grad():
-        if encoding_name == "alibi":
-            bias = encoding.score_bias(max_distance + 1, torch.device("cpu"), torch.float32)
-            heads = torch.arange(config.num_attention_heads)
-            values = bias(heads[:, None], distance[None, :], torch.zeros_like(distance)[None, :])  # (heads, D)
-            curves = [(f"head {h}", values[h]) for h in range(len(heads))]
-            return _profile(distance, curves, "score bias added to q.k", note)
-        if encoding_name == "t5_bias":
-            if model is None:
-                buckets = t5_causal_bucket(distance, config.t5_num_buckets, config.t5_max_distance).float()
-                return _profile(distance, [("bucket", buckets)], "bucket index (bias is learned per bucket)",
-                                "bucket structure (untrained)")
-            bias = encoding.score_bias(max_distance + 1, torch.device("cpu"), torch.float32)
-            heads = torch.arange(config.num_attention_heads)
-            values = bias(heads[:, None], distance[None, :], torch.zeros_like(distance)[None, :])  # (heads, D)
-            return _profile(distance, [(f"head {h}", values[h]) for h in range(len(heads))],
-                            "learned score bias added to q.k", note)
-        if encoding_name == "rope":
-            positions = torch.cat([torch.zeros(1, dtype=torch.long), distance])[None, :]  # (1, 1 + D)
-            cos, sin = encoding.rotary(torch.zeros(1, dtype=torch.float32), positions)  # (1, 1 + D, head_dim)
-            cos, sin = cos.float(), sin.float()
-            head_dim = cos.shape[-1]
-            # q = k = a constant vector; for random q = k the expectation is the same curve: mean_i cos(d theta_i)
-            base = torch.ones(1, 1, positions.shape[1], cos.shape[-1])  # (1, 1 head, 1 + D, head_dim)
-            rotated, _ = apply_rotary(base, base, cos, sin)
-            scores = (rotated[0, 0, 1:] * rotated[0, 0, :1]).sum(-1) / cos.shape[-1]  # <R(d) q, R(0) q> / |q|^2: (1 + D,)
-            return _profile(distance, [("q = k (constant vector)", scores)], "q.k similarity (1 at distance 0)", note)
-        if encoding_name in ("sinusoidal", "learned"):
-            if encoding_name == "sinusoidal":
-                count = max_distance + 256
-                table = sinusoidal_table(torch.arange(count), config.hidden_size)  # (count, hidden)
-            else:
-                table = encoding.position_embeddings.weight.float()  # (max_positions, hidden)
-                note = "trained" if model is not None else "untrained: random init"
-            similarity = _mean_cosine_by_distance(table, max_distance)
-            return _profile(distance[: len(similarity)], [("cosine similarity", similarity)],
-                            "cos(position p, position p + d)", note)
-        if encoding_name == "nope":
-            return _profile(distance, [("no position signal", torch.zeros(len(distance)))], "position signal", note)
-    return _profile(distance, [], "(no profile for this encoding)", "user-registered encoding")
+    curves = [(label, values.detach().float().cpu()) for label, values in profile["curves"]]
+    return _profile(distance[: max((len(v) for _, v in curves), default=len(distance))], curves, profile["ylabel"],
+                    profile.get("note", "trained" if trained else "definition"))
 
 
 def _profile(distance, curves, ylabel, note) -> dict:
@@ -116,17 +75,12 @@ def _with_encoding(config, name):
     return PosEncConfig.from_dict(values)
 
 
-def _mean_cosine_by_distance(table: torch.Tensor, max_distance: int) -> torch.Tensor:
-    """Mean over p of cos(table[p], table[p + d]) for d = 0..min(max_distance, len - 1)."""
-    unit = torch.nn.functional.normalize(table, dim=-1)
-    similarity = unit @ unit.T  # (P, P)
-    largest = min(max_distance, len(table) - 1)
-    return torch.stack([similarity.diagonal(d).mean() for d in range(largest + 1)])
-
-
 def plot_distance_profiles(path: str | Path, config=None, models: Mapping[str, object] | None = None,
-                           encodings: Sequence[str] = BUILTIN_ORDER, max_distance: int = 256) -> Path:
-    """One panel per encoding: bias / similarity against query-key distance (see the module docstring)."""
+                           encodings: Sequence[str] | None = None, max_distance: int = 256) -> Path:
+    """One panel per encoding (default: every registered one): bias / similarity against query-key distance."""
+    from ..model.encodings_hf_posenc import available_position_encodings
+
+    encodings = available_position_encodings() if encodings is None else list(encodings)
     models = dict(models or {})
     if config is None:
         config = next(iter(models.values())).config if models else reference_config()
@@ -228,6 +182,59 @@ def plot_attention_by_distance(maps: Mapping[str, torch.Tensor], path: str | Pat
     return save(figure, path)
 
 
+# ---- 3. data-dependent encodings on real text ----------------------------------------------------------
+@torch.no_grad()
+def data_dependent_by_distance(model, windows: torch.LongTensor, batch_size: int = 4) -> dict | None:
+    """What a data-dependent encoding computes on text, by distance: ``{"label": str, "layers": (layers, heads,
+    L)}`` (mean over windows and queries of the quantity at distance d), or None for other encodings."""
+    hooks = [layer.self_attn.data_dependent_bias for layer in model.model.layers]
+    if any(hook is None for hook in hooks):
+        return None
+    seen: list[list[torch.Tensor]] = [[] for _ in hooks]
+
+    def recorder(index):
+        def record(module, args):
+            hidden_states, query, key = args[:3]
+            quantity = module.explain(hidden_states, query, key)  # (batch, heads, L, L)
+            length = quantity.shape[-1]
+            by_distance = [quantity.diagonal(-d, dim1=-2, dim2=-1).mean(-1) for d in range(length)]  # each (b, heads)
+            seen[index].append(torch.stack(by_distance, dim=-1).float().cpu())  # (b, heads, L)
+
+        return record
+
+    handles = [hook.register_forward_pre_hook(recorder(i)) for i, hook in enumerate(hooks)]
+    try:
+        for start in range(0, len(windows), batch_size):
+            model(input_ids=windows[start : start + batch_size].to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    layers = torch.stack([torch.cat(values).mean(0) for values in seen])  # (layers, heads, L)
+    return {"label": hooks[0].explained, "layers": layers}
+
+
+def plot_data_dependent_profiles(profiles: Mapping[str, dict], path: str | Path) -> Path:
+    """One panel per (encoding, layer): the per-head quantity against distance, measured on real text."""
+    panels = [(name, layer, values) for name, profile in profiles.items() for layer, values in enumerate(profile["layers"])]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure = new_figure(4.0 * columns, 3.0 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (name, layer, values) in zip(axes, panels):
+        distance = torch.arange(values.shape[-1]).numpy()
+        for head, curve in enumerate(values):
+            ax.plot(distance, curve.numpy(), linewidth=1.0, alpha=0.85, label=f"head {head}")
+        ax.set_title(f"{name}, layer {layer}", fontsize=10)
+        ax.set_xlabel("distance query - key (tokens)")
+        ax.set_ylabel(profiles[name]["label"], fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    figure.suptitle("Data-dependent encodings on validation text: mean over windows and queries")
+    return save(figure, path)
+
+
 # ---- loading trained models and text ------------------------------------------------------------------
 def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
     """Encoding -> model folder, from model folders or folders holding them (a compare output directory)."""
@@ -247,7 +254,10 @@ def find_model_dirs(paths: Sequence[str | Path]) -> dict[str, Path]:
             found.setdefault(config.get("position_encoding"), candidate)
     if not found:
         raise UsageError(f"models: no hf_posenc model found in {[str(p) for p in paths]}", field="models")
-    return {name: found[name] for name in sorted(found, key=lambda n: (BUILTIN_ORDER + (n,)).index(n))}
+    from ..model.encodings_hf_posenc import available_position_encodings
+
+    order = available_position_encodings()  # registry order; unknown names (not registered here) last
+    return {name: found[name] for name in sorted(found, key=lambda n: order.index(n) if n in order else len(order))}
 
 
 def load_models(model_dirs: Mapping[str, Path]) -> dict:
@@ -292,10 +302,11 @@ def draw_figures(output_dir: str | Path, model_paths: Sequence[str | Path] = (),
         train_length = inspect_model_dir(next(iter(model_dirs.values()))).train_length
     if length is None:
         length = train_length or 128
+    # with trained models: their encodings; without: every registered encoding, by definition
     written = [plot_distance_profiles(output_dir / "encoding_distance_profiles.png", models=models,
-                                      max_distance=max_distance or max(2 * length, 64))]
+                                      encodings=list(models) or None, max_distance=max_distance or max(2 * length, 64))]
     if models:
-        maps = {}
+        maps, data_dependent = {}, {}
         text_cache: dict[str, torch.Tensor] = {}
         for name, model in tqdm(models.items(), desc="attention maps", unit="model", disable=not show_progress):
             if model.model.position_encoding.max_positions is not None and length > model.model.position_encoding.max_positions:
@@ -304,8 +315,13 @@ def draw_figures(output_dir: str | Path, model_paths: Sequence[str | Path] = (),
             if tokenizer_key not in text_cache:
                 text_cache[tokenizer_key] = validation_windows(model_dirs[name], length, windows, data)
             maps[name] = average_attention(model, text_cache[tokenizer_key])
+            profile = data_dependent_by_distance(model, text_cache[tokenizer_key])
+            if profile is not None:
+                data_dependent[name] = profile
         written.append(plot_attention_maps(maps, output_dir / "attention_maps.png"))
         written.append(plot_attention_by_distance(maps, output_dir / "attention_by_distance.png", train_length))
+        if data_dependent:
+            written.append(plot_data_dependent_profiles(data_dependent, output_dir / "data_dependent_by_distance.png"))
     return written
 
 
@@ -316,6 +332,8 @@ __all__ = [
     "attention_by_distance",
     "plot_attention_maps",
     "plot_attention_by_distance",
+    "data_dependent_by_distance",
+    "plot_data_dependent_profiles",
     "find_model_dirs",
     "draw_figures",
     "reference_config",

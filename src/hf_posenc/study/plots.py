@@ -10,23 +10,22 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# One colour per encoding in every figure of the project (matplotlib's default cycle, in registry order).
-ENCODING_COLORS = {
-    "sinusoidal": "#1f77b4",
-    "learned": "#ff7f0e",
-    "rope": "#2ca02c",
-    "alibi": "#d62728",
-    "t5_bias": "#9467bd",
-    "nope": "#8c564b",
-}
-_EXTRA_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+_EXTRA_COLORS = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
 DPI = 110
 
 
 def encoding_color(encoding: str) -> str:
-    if encoding in ENCODING_COLORS:
-        return ENCODING_COLORS[encoding]
-    return _EXTRA_COLORS[sum(map(ord, encoding)) % len(_EXTRA_COLORS)]  # stable for registered encodings
+    """The encoding's own colour (its class attribute ``color``), the same in every figure of the project.
+
+    Names that are not registered (a variant label such as ``rope+randpos``) or registered without a colour
+    get a stable colour derived from the name.
+    """
+    from ..model.encodings_hf_posenc import POSITION_ENCODINGS
+
+    color = getattr(POSITION_ENCODINGS.get(encoding), "color", None)
+    if color:
+        return color
+    return _EXTRA_COLORS[sum(map(ord, encoding)) % len(_EXTRA_COLORS)]
 
 
 def new_figure(width: float, height: float):
@@ -281,5 +280,4 @@ __all__ = [
     "plot_passkey_heatmaps",
     "plot_sweep",
     "encoding_color",
-    "ENCODING_COLORS",
 ]

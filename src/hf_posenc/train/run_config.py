@@ -59,6 +59,7 @@ class ModelSection:
     fire_init_length: int | None = None
     xpos_scale_base: float = 512.0
     sandwich_dim: int | None = None
+    cope_max_positions: int = 64
     extra_config: dict | None = None  # further PosEncConfig arguments, e.g. those of a registered encoding
     attn_implementation: str = setting("sdpa", choices=ATTENTION_CHOICES)  # chosen when the model is built
 
