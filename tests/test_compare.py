@@ -40,6 +40,11 @@ def test_gpu_config_loads():
         ({"eval": {"rope_scaling": ["ntk"]}}, "rope_scaling"),
         ({"run": {"data": {"block_size": 1024}, "model": {"max_position_embeddings": 512}}}, "block_size=1024"),
         ({"tasks": {"tasks": ["sorting"]}}, "unknown task"),
+        ({"seeds": 0}, "seeds must be >= 1"),
+        ({"seeds": "three"}, "seeds"),
+        ({"eval": {"lengths": [64], "sliding_stride": 100}}, "sliding_stride"),
+        ({"eval": {"position_loss": "yes"}}, "position_loss"),
+        ({"passkey": {"depths": [2.0]}}, "depths"),
     ],
 )
 def test_bad_configs_are_refused(change, message):
@@ -54,6 +59,8 @@ def test_cli_bad_config_exits_2(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
     assert main(["compare", "--set", "eval.lengths=[1]"]) == 2
     assert "integers >= 2" in capsys.readouterr().err
+    assert main(["compare", "--seeds", "0"]) == 2
+    assert "--seeds must be an integer >= 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,10 @@ def mini(tmp_path_factory):
     raw = {
         "name": "mini",
         "encodings": ["rope", "learned"],
+        "seeds": 2,
         "run": tiny_run_section(data, root / "cache"),
-        "eval": {"lengths": [32, 64, 128], "max_windows": 2, "batch_size": 2, "rope_scaling": ["dynamic"]},
+        "eval": {"lengths": [32, 64, 128], "max_windows": 2, "batch_size": 2, "rope_scaling": ["dynamic"],
+                 "sliding_stride": 16, "position_loss_windows": 2},
         "tasks": tiny_task_section(),
         "figures": {"windows": 2},
     }
@@ -76,20 +85,33 @@ def mini(tmp_path_factory):
 def test_mini_compare_writes_results_tables_and_plots(mini):
     _, _, result, out = mini
     records = json.loads((out / "results.json").read_text())
-    ppl = [r for r in records if r["record_type"] == "perplexity"]
+    ppl = [r for r in records if r["record_type"] == "perplexity" and not r["sliding"]]
     assert {r["label"] for r in ppl} == {"rope", "rope + dynamic x4", "learned"}
+    assert {r["seed"] for r in records if r["record_type"] != "claim"} == {0, 1}  # every model once per seed
+    assert len([r for r in ppl if r["label"] == "rope" and r["eval_length"] == 32]) == 2
+    sliding = [r for r in records if r["record_type"] == "perplexity" and r["sliding"]]
+    assert {r["stride"] for r in sliding} == {16} and {r["position_encoding"] for r in sliding} == {"rope", "learned"}
+    position = [r for r in records if r["record_type"] == "position_loss"]
+    assert {(r["position_encoding"], r["eval_length"]) for r in position} >= {("rope", 128), ("learned", 64)}
+    assert all(b["loss"] > 0 for r in position for b in r["buckets"])
     for r in ppl:
         assert {"position_encoding", "eval_length", "perplexity", "status"} <= set(r)
-    learned = {r["eval_length"]: r for r in ppl if r["position_encoding"] == "learned"}
+    learned = {r["eval_length"]: r for r in ppl if r["position_encoding"] == "learned" and r["seed"] == 0}
     assert learned[128]["status"] == "unsupported" and learned[128]["perplexity"] is None
     assert learned[32]["status"] == "ok" and learned[32]["perplexity"] > 1
-    tasks = [r for r in records if r["record_type"] == "task"]
+    tasks = [r for r in records if r["record_type"] == "task" and r["seed"] == 0]
     assert {(r["position_encoding"], r["task"], r["length"]) for r in tasks} == {
         (e, t, n) for e in ("rope", "learned") for t in ("copy", "reverse", "addition") for n in (2, 4)}
     assert all(0 <= r["accuracy"] <= 1 and r["num_examples"] == 6 for r in tasks)
     markdown = (out / "results.md").read_text()
     assert "| rope + dynamic x4 |" in markdown and "unsupported" in markdown and "**addition**" in markdown
-    for name in ("loss_curves", "perplexity_vs_length", "task_accuracy", "encoding_distance_profiles",
+    assert "## Published findings" in markdown and "± " in markdown and "## Perplexity with sliding windows" in markdown
+    claims = [r for r in records if r["record_type"] == "claim"]
+    assert {r["verdict"] for r in claims} <= {"agrees", "disagrees", "inconclusive"} and len(claims) >= 5
+    assert all(r["source"] and r["published"] for r in claims)
+    assert (out / "seeds" / "seed-1" / "rope" / "train_summary.json").is_file()
+    assert (out / "seeds" / "seed-1" / "tasks" / "learned" / "eval.json").is_file()
+    for name in ("loss_curves", "perplexity_vs_length", "task_accuracy", "loss_by_position", "encoding_distance_profiles",
                  "attention_maps", "attention_by_distance"):
         assert is_png(out / f"{name}.png"), name
     for encoding in ("rope", "learned"):  # the model directory contract
@@ -106,9 +128,11 @@ def test_rerun_reuses_finished_work_and_refuses_changed_configs(mini):
     before = weights.stat().st_mtime_ns
     again = run_compare(config, out, show_progress=False, skip_figures=True)
     assert weights.stat().st_mtime_ns == before
-    assert again["timings"]["reused"]["train"] == ["rope", "learned"]
-    assert set(again["timings"]["reused"]["eval"]) == {"rope", "rope+dynamic", "learned"}
-    assert again["timings"]["reused"]["tasks"] == ["rope", "learned"]
+    assert again["timings"]["reused"]["train"] == ["rope", "learned", "rope@seed1", "learned@seed1"]
+    assert set(again["timings"]["reused"]["eval"]) == {
+        f"{model}{suffix}" for model in ("rope", "learned", "rope@seed1", "learned@seed1") for suffix in ("", "+sliding")
+    } | {"rope+dynamic", "rope@seed1+dynamic"}
+    assert again["timings"]["reused"]["tasks"] == ["rope", "learned", "rope@seed1", "learned@seed1"]
     assert "train" not in again["timings"]["phases"]
     changed = dict(raw, run={**raw["run"], "training": {**raw["run"]["training"], "max_steps": 5}})
     with pytest.raises(UsageError, match="training.max_steps"):

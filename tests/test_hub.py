@@ -21,6 +21,7 @@ EXPECTED_FILES = [
     "README.md",
     "config.json",
     "configuration_hf_posenc.py",
+    "data_dependent_hf_posenc.py",  # imported by encodings_hf_posenc.py: remote code needs it
     "encodings_hf_posenc.py",
     "eval.json",
     "generation_config.json",
@@ -378,7 +379,7 @@ def test_upload_sends_exactly_the_dry_run_folder(learned_dir, tmp_path, monkeypa
     monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     assert push(learned_dir, "--repo-id", "someone/tiny-learned", "--private", "--commit-message", "first") == 0
-    assert "Uploaded 13 files to someone/tiny-learned" in capsys.readouterr().out
+    assert "Uploaded 14 files to someone/tiny-learned" in capsys.readouterr().out
     assert calls["create_repo"]["repo_id"] == "someone/tiny-learned"
     assert calls["create_repo"]["exist_ok"] is True and calls["create_repo"]["private"] is True
     assert calls["upload_folder"]["commit_message"] == "first"

@@ -124,6 +124,7 @@ class TaskSettings:
     num_attention_heads: int = setting(4, minimum=1)
     num_key_value_heads: int | None = setting(None, minimum=1)
     attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
+    initializer_range: float = setting(0.02, positive=True)  # std of the initial weights
     # training
     max_steps: int = setting(400, minimum=1)
     batch_size: int = setting(64, minimum=1)
@@ -195,6 +196,7 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
             pad_token_id=SYMBOL_IDS[PAD],
             bos_token_id=SYMBOL_IDS[BOS],
             eos_token_id=SYMBOL_IDS[EOS],
+            initializer_range=settings.initializer_range,
         )
     except ValueError as error:
         raise SettingsError(f"invalid task model: {error}") from error

@@ -30,6 +30,7 @@ run with a *different* configuration is refused up front instead of being silent
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
@@ -48,17 +49,24 @@ from ..settings import apply_overrides, load_settings, parse_yaml, read_settings
 from ..train.run_config import RunConfig
 
 DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
+from ..evaluation.passkey import PasskeySettings
+from .aggregate import per_seed, stat
+from .claims import check_claims, claims_table, perplexity_ratio
+
+SLIDING_VARIANT = "sliding"  # eval_variants/sliding.json: the sliding-window evaluation of a compare model
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
 EMBEDDED_DEFAULT_CONFIG = """\
 # hf-posenc compare, CPU-sized: one small byte-level language model per position encoding, trained on the
 # embedded corpus (this Python's standard library) with 128-token sequences and evaluated at 1x-8x that
-# length, plus the synthetic copy and reverse tasks. Aimed at ~10 minutes on 2 idle CPU cores.
+# length, plus the synthetic copy and reverse tasks and passkey retrieval; two seeds. Aimed at under 15 minutes
+# on 2 idle CPU cores (the README's tables use --seeds 3).
 # `hf-posenc compare` with no arguments runs exactly this file (it is embedded in hf_posenc.study.compare).
 name: compare-tiny
 output_dir: runs/compare-tiny
 encodings: [sinusoidal, learned, rope, alibi, t5_bias, nope]
+seeds: 2                 # every model trained and tested with seeds 0 and 1: tables give mean ± std (--seeds N)
 threads: 1               # torch CPU threads. One: these models are too small to gain much from a second
                          # thread, and on a busy machine two threads spinning at every op can be 10x slower
 
@@ -72,6 +80,9 @@ run:                     # a run config as in configs/tiny.yaml; model.position_
     max_position_embeddings: 512   # learned: 4x the training length, so 1024 is reported unsupported
     t5_num_buckets: 32
     t5_max_distance: 128
+    initializer_range: 0.1         # about 1/sqrt(hidden_size). At the Llama/GPT-2 default 0.02 (tuned for 768+ wide
+                                   # models) attention starts uniform and these tiny models never learned to use
+                                   # absolute positions in 300 steps (docs/length_generalization.md, experiments)
     attn_implementation: sdpa
   data:
     name: stdlib
@@ -100,6 +111,9 @@ eval:
   stride: null           # null = non-overlapping windows
   batch_size: 8
   rope_scaling: [dynamic, yarn]  # also evaluate the rope model with eval-time RoPE scaling (factor 1024/128)
+  sliding_stride: 64     # also evaluate with sliding windows (every token after the first window sees >= 64 tokens)
+  position_loss: true    # loss by position inside the window (loss_by_position.png)
+  position_loss_windows: 8
 
 tasks:                   # hf_posenc.evaluation.tasks.TaskSettings; `tasks: null` skips the synthetic tasks
   # addition is left out here: at this budget it is not learned even in range (600 steps of addition alone
@@ -118,6 +132,22 @@ tasks:                   # hf_posenc.evaluation.tasks.TaskSettings; `tasks: null
   batch_size: 64
   lr: 3.0e-3
   warmup_steps: 40
+  seed: 0                # initializer_range stays 0.02 here: 0.125 (1/sqrt(hidden)) was tried and copied worse
+
+passkey:                 # hf_posenc.evaluation.passkey.PasskeySettings; `passkey: null` skips it
+  key_digits: 4
+  train_context: 32      # trained on prompts of up to 32 tokens, tested up to 4x that
+  test_contexts: [16, 32, 64, 128]
+  depths: [0.0, 0.25, 0.5, 0.75, 1.0]
+  num_test_examples: 20
+  hidden_size: 64
+  intermediate_size: 128
+  num_hidden_layers: 2
+  num_attention_heads: 4
+  max_steps: 300
+  batch_size: 32
+  lr: 3.0e-3
+  warmup_steps: 30
   seed: 0
 
 figures:
@@ -136,12 +166,18 @@ class EvalSettings:
     stride: int | None = setting(None, minimum=1)
     batch_size: int = setting(8, minimum=1)
     rope_scaling: list[str] = setting(default_factory=list, choices=ROPE_SCALING_TYPES, label="RoPE scaling type")
+    sliding_stride: int | None = setting(None, minimum=1)  # also evaluate with sliding windows (eval_variants/sliding.json)
+    position_loss: bool = True  # loss by position inside the window (position_loss.json)
+    position_loss_windows: int = setting(16, minimum=1)  # windows averaged per length for the position curves
 
     def cross_check(self, prefix: str = "") -> None:
         self.lengths = sorted(set(self.lengths))
         if self.stride is not None and self.stride > min(self.lengths):
             raise SettingsError(f"{prefix}stride ({self.stride}) must be <= every evaluation length "
                                 f"(the smallest is {min(self.lengths)})", field=f"{prefix}stride")
+        if self.sliding_stride is not None and self.sliding_stride > min(self.lengths):
+            raise SettingsError(f"{prefix}sliding_stride ({self.sliding_stride}) must be <= every evaluation length "
+                                f"(the smallest is {min(self.lengths)})", field=f"{prefix}sliding_stride")
 
 
 @dataclass
@@ -164,6 +200,8 @@ class CompareConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     tasks: TaskSettings | None = field(default_factory=TaskSettings)  # null: no task study
     figures: FigureSettings = field(default_factory=FigureSettings)
+    passkey: PasskeySettings | None = None  # null / absent: no passkey study
+    seeds: int = setting(1, minimum=1)  # seeds run.training.seed, +1, ... (and tasks.seed, passkey.seed): one model each
     source: str = field(default="embedded default", init=False, compare=False)  # where it was read, for messages
 
     def cross_check(self, prefix: str = "") -> None:
@@ -175,8 +213,26 @@ class CompareConfig:
             raise SettingsError(f"{prefix}eval.rope_scaling needs the rope encoding in {prefix}encodings",
                                 field=f"{prefix}eval.rope_scaling")
 
-    def run_config_for(self, encoding: str, output_dir: Path) -> RunConfig:
+    def seed_values(self) -> list[int]:
+        return [self.run.training.seed + i for i in range(self.seeds)]
+
+    def seed_dir(self, output_dir: Path, index: int) -> Path:
+        """Where seed number ``index`` lives: the first seed at the top (DIR/<encoding>), others in DIR/seeds/seed-<s>."""
+        return output_dir if index == 0 else output_dir / "seeds" / f"seed-{self.seed_values()[index]}"
+
+    def task_settings_for(self, index: int) -> TaskSettings:
+        settings = copy.deepcopy(self.tasks)
+        settings.seed += index
+        return settings
+
+    def passkey_settings_for(self, index: int) -> PasskeySettings:
+        settings = copy.deepcopy(self.passkey)
+        settings.seed += index
+        return settings
+
+    def run_config_for(self, encoding: str, output_dir: Path, seed_index: int = 0) -> RunConfig:
         run = copy.deepcopy(self.run)
+        run.training.seed += seed_index
         run.model.position_encoding = encoding
         run.run_name = f"{self.name}-{encoding}"
         run.output_dir = str(output_dir)
@@ -224,14 +280,15 @@ def run_config_differences(saved_path: Path, current: RunConfig) -> list[str]:
     return differences
 
 
-def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_scaling: str | None) -> bool:
+def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_scaling: str | None,
+                     stride: int | None) -> bool:
     if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
         return False
     saved = run_folder.read_eval(path)
     scaling = saved.get("rope_scaling") or {}
     return (
         [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths
-        and saved.get("stride") == settings.stride
+        and saved.get("stride") == stride
         and saved.get("max_tokens") == settings.max_tokens
         and saved.get("max_windows") == settings.max_windows
         and scaling.get("rope_type") == rope_scaling
@@ -268,17 +325,16 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     """
     import torch
 
-    from ..evaluation.perplexity import evaluate_model_dir
+    from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
-    from ..run_folder import SUMMARY_FILE
-    from ..train.engine import train
 
     output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
                                                "compare output directory")
-    runs = {encoding: config.run_config_for(encoding, output_dir / encoding) for encoding in config.encodings}
+    runs = {(index, encoding): config.run_config_for(encoding, config.seed_dir(output_dir, index) / encoding, index)
+            for index in range(config.seeds) for encoding in config.encodings}
     if not overwrite:  # refuse stale folders before any work starts
-        for encoding, run in runs.items():
-            saved = output_dir / encoding / "run_config.yaml"
+        for (index, encoding), run in runs.items():
+            saved = Path(run.output_dir) / "run_config.yaml"
             if saved.is_file():
                 differences = run_config_differences(saved, run)
                 if differences:
@@ -293,44 +349,33 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     run_folder.write_study_config(output_dir, config.to_dict())
     timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
-    count = len(config.encodings)
-    reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": []}
-
-    for index, encoding in enumerate(config.encodings, 1):
-        model_dir = output_dir / encoding
-        summary = model_dir / SUMMARY_FILE
-        if summary.is_file() and not overwrite:
-            _say(f"[{index}/{count}] {encoding}: reusing the trained model in {model_dir}")
-            reused["train"].append(encoding)
-        else:
-            _say(f"[{index}/{count}] {encoding}: training ({config.run.training.max_steps} steps)")
-            partial = (model_dir / "run_config.yaml").is_file() and not overwrite
-            with timer.phase("train"):
-                train(runs[encoding], model_dir, resume=partial, overwrite=overwrite, show_progress=show_progress)
-        scalings = [None] + (list(config.eval.rope_scaling) if encoding == "rope" else [])
-        for scaling in scalings:
-            path = run_folder.default_eval_path(model_dir, None if scaling is None else f"rope-{scaling}")
-            if not overwrite and _eval_is_current(path, summary, config.eval, scaling):
-                reused["eval"].append(encoding if scaling is None else f"{encoding}+{scaling}")
-                continue
-            _say(f"[{index}/{count}] {encoding}: perplexity at {config.eval.lengths}" + (f" with RoPE {scaling} scaling" if scaling else ""))
-            with timer.phase("eval"):
-                evaluate_model_dir(
-                    model_dir, config.eval.lengths, stride=config.eval.stride, max_tokens=config.eval.max_tokens,
-                    max_windows=config.eval.max_windows, batch_size=config.eval.batch_size, rope_scaling=scaling,
-                    output=path, show_progress=show_progress,
-                )
-
-    if config.tasks is not None and not skip_tasks:
+    reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": [], "passkey": []}
+    for seed_index, seed in enumerate(config.seed_values()):
         for index, encoding in enumerate(config.encodings, 1):
-            task_dir = output_dir / "tasks" / encoding
-            if not overwrite and task_dir_is_complete(task_dir, encoding, config.tasks):
-                reused["tasks"].append(encoding)
-            else:
-                _say(f"[{index}/{count}] {encoding}: synthetic tasks {config.tasks.tasks} "
-                     f"(train lengths {config.tasks.train_min_length}-{config.tasks.train_max_length})")
-            with timer.phase("tasks"):
-                run_task_study(encoding, config.tasks, task_dir, overwrite=overwrite, show_progress=show_progress)
+            tag = f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}"
+            _train_and_evaluate(config, runs[seed_index, encoding], seed_index, tag, timer, reused, overwrite, show_progress)
+        if config.tasks is not None and not skip_tasks:
+            for index, encoding in enumerate(config.encodings, 1):
+                task_dir = config.seed_dir(output_dir, seed_index) / "tasks" / encoding
+                settings = config.task_settings_for(seed_index)
+                if not overwrite and task_dir_is_complete(task_dir, encoding, settings):
+                    reused["tasks"].append(encoding if seed_index == 0 else f"{encoding}@seed{settings.seed}")
+                else:
+                    _say(f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}: synthetic tasks {settings.tasks} "
+                         f"(train lengths {settings.train_min_length}-{settings.train_max_length})")
+                with timer.phase("tasks"):
+                    run_task_study(encoding, settings, task_dir, overwrite=overwrite, show_progress=show_progress)
+        if config.passkey is not None and not skip_tasks:
+            for index, encoding in enumerate(config.encodings, 1):
+                passkey_dir = config.seed_dir(output_dir, seed_index) / "passkey" / encoding
+                settings = config.passkey_settings_for(seed_index)
+                if not overwrite and passkey_dir_is_complete(passkey_dir, encoding, settings):
+                    reused["passkey"].append(encoding if seed_index == 0 else f"{encoding}@seed{settings.seed}")
+                    continue
+                _say(f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}: passkey retrieval "
+                     f"(trained on contexts up to {settings.train_context}, tested at {settings.test_contexts})")
+                with timer.phase("passkey"):
+                    run_passkey_study(encoding, settings, passkey_dir, overwrite=overwrite, show_progress=show_progress)
 
     records = collect_records(config, output_dir, skip_tasks=skip_tasks)
     files = []
@@ -345,73 +390,137 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
         "reused": reused,
         "torch_threads": torch.get_num_threads(),
     }
+    records += check_claims(records, config.encodings)
     markdown = results_markdown(config, records, timings, files, output_dir)
     run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
 
 
+def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, tag: str, timer: PhaseTimer,
+                        reused: dict, overwrite: bool, show_progress: bool) -> None:
+    """Train one (encoding, seed) model unless finished, then every evaluation of it that is not current."""
+    from ..evaluation.perplexity import evaluate_model_dir
+    from ..evaluation.position_loss import POSITION_LOSS_FILE, loss_by_position
+    from ..train.engine import train
+
+    model_dir, encoding = Path(run.output_dir), run.model.position_encoding
+    summary = model_dir / run_folder.SUMMARY_FILE
+    label = encoding if seed_index == 0 else f"{encoding}@seed{run.training.seed}"  # names in timings.json "reused"
+    if summary.is_file() and not overwrite:
+        _say(f"{tag}: reusing the trained model in {model_dir}")
+        reused["train"].append(label)
+    else:
+        _say(f"{tag}: training ({run.training.max_steps} steps)")
+        partial = (model_dir / "run_config.yaml").is_file() and not overwrite
+        with timer.phase("train"):
+            train(run, model_dir, resume=partial, overwrite=overwrite, show_progress=show_progress)
+    settings = config.eval
+    jobs = [(None, settings.stride, None, label)]  # (rope scaling, stride, eval variant, name in timings "reused")
+    jobs += [(scaling, settings.stride, f"rope-{scaling}", f"{label}+{scaling}")
+             for scaling in (settings.rope_scaling if encoding == "rope" else [])]
+    if settings.sliding_stride is not None:
+        jobs.append((None, settings.sliding_stride, SLIDING_VARIANT, f"{label}+sliding"))
+    for scaling, stride, variant, job in jobs:
+        path = run_folder.default_eval_path(model_dir, variant)
+        if not overwrite and _eval_is_current(path, summary, settings, scaling, stride):
+            reused["eval"].append(job)
+            continue
+        _say(f"{tag}: perplexity at {settings.lengths}" + (f" with RoPE {scaling} scaling" if scaling else "")
+             + (f", sliding windows (stride {stride})" if stride else ""))
+        with timer.phase("eval"):
+            evaluate_model_dir(model_dir, settings.lengths, stride=stride, max_tokens=settings.max_tokens,
+                               max_windows=settings.max_windows, batch_size=settings.batch_size, rope_scaling=scaling,
+                               output=path, show_progress=show_progress)
+    position_file = model_dir / POSITION_LOSS_FILE
+    if settings.position_loss and (overwrite or not _position_loss_is_current(position_file, summary, settings)):
+        with timer.phase("eval"):
+            loss_by_position(model_dir, settings.lengths, max_windows=settings.position_loss_windows,
+                             batch_size=settings.batch_size)
+
+
+def _position_loss_is_current(path: Path, summary: Path, settings: EvalSettings) -> bool:
+    if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
+        return False
+    saved = json.loads(path.read_text())
+    return (saved.get("max_windows") == settings.position_loss_windows
+            and [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths)
+
+
 def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = False) -> list[dict]:
-    """results.json: perplexity, task and training records of every encoding, read back from the folders."""
+    """results.json: perplexity, position-loss, task and training records of every encoding and seed."""
     records = []
-    for encoding in config.encodings:
-        model_dir = output_dir / encoding
-        summary = run_folder.read_train_summary(model_dir) or {}
-        paths = [run_folder.default_eval_path(model_dir, None)]
-        if encoding == "rope":
-            paths += [run_folder.default_eval_path(model_dir, f"rope-{scaling}") for scaling in config.eval.rope_scaling]
-        for path in paths:
-            evaluation = run_folder.read_eval(path, encoding)
-            scaling = evaluation.get("rope_scaling")
-            label = encoding if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
-            for row in evaluation["results"]:
-                records.append({
-                    "record_type": "perplexity",
-                    "position_encoding": encoding,
-                    "label": label,
-                    "rope_scaling": scaling,
-                    "eval_length": row["eval_length"],
-                    "train_length": evaluation.get("train_length"),
-                    "perplexity": row["perplexity"],
-                    "loss": row["loss"],
-                    "num_tokens": row["num_tokens"],
-                    "status": row["status"],
-                    "reason": row["reason"],
-                })
-        records.append({
-            "record_type": "training",
-            "position_encoding": encoding,
-            "final_loss": summary.get("final_loss"),
-            "final_eval_loss": summary.get("final_eval_loss"),
-            "train_runtime_s": summary.get("train_runtime_s"),
-            "num_parameters": summary.get("num_parameters"),
-            "tokens_seen": summary.get("tokens_seen"),
-            "max_steps": summary.get("max_steps"),
-            "train_length": summary.get("block_size"),
-        })
-        task_eval = output_dir / "tasks" / encoding / "eval.json"
-        if config.tasks is not None and not skip_tasks and task_eval.is_file():
-            for row in run_folder.read_eval(task_eval, encoding)["tasks"]:
-                records.append({
-                    "record_type": "task",
-                    "position_encoding": encoding,
-                    "task": row["task"],
-                    "length": row["length"],
-                    "accuracy": row["accuracy"],
-                    "num_examples": row["num_examples"],
-                    "in_distribution": row.get("in_distribution"),
-                })
+    for seed_index, seed in enumerate(config.seed_values()):
+        root = config.seed_dir(output_dir, seed_index)
+        for encoding in config.encodings:
+            records += _model_records(config, root / encoding, encoding, seed)
+            task_eval = root / "tasks" / encoding / "eval.json"
+            if config.tasks is not None and not skip_tasks and task_eval.is_file():
+                for row in run_folder.read_eval(task_eval, encoding)["tasks"]:
+                    records.append({
+                        "record_type": "task", "position_encoding": encoding, "seed": seed, "task": row["task"],
+                        "length": row["length"], "accuracy": row["accuracy"], "num_examples": row["num_examples"],
+                        "in_distribution": row.get("in_distribution"),
+                    })
+            passkey_file = root / "passkey" / encoding / "passkey.json"
+            if config.passkey is not None and not skip_tasks and passkey_file.is_file():
+                for row in json.loads(passkey_file.read_text())["results"]:
+                    records.append({"record_type": "passkey", "position_encoding": encoding, "seed": seed, **row})
+    return records
+
+
+def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: int) -> list[dict]:
+    from ..evaluation.position_loss import POSITION_LOSS_FILE
+
+    records = []
+    summary = run_folder.read_train_summary(model_dir) or {}
+    variants = [None] + ([f"rope-{scaling}" for scaling in config.eval.rope_scaling] if encoding == "rope" else [])
+    if config.eval.sliding_stride is not None:
+        variants.append(SLIDING_VARIANT)
+    for variant in variants:
+        evaluation = run_folder.read_eval(run_folder.default_eval_path(model_dir, variant), encoding)
+        scaling = evaluation.get("rope_scaling")
+        sliding = variant == SLIDING_VARIANT
+        label = encoding if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
+        for row in evaluation["results"]:
+            records.append({
+                "record_type": "perplexity", "position_encoding": encoding, "label": label, "seed": seed,
+                "sliding": sliding, "stride": evaluation.get("stride"), "rope_scaling": scaling,
+                "eval_length": row["eval_length"], "train_length": evaluation.get("train_length"),
+                "perplexity": row["perplexity"], "loss": row["loss"], "num_tokens": row["num_tokens"],
+                "status": row["status"], "reason": row["reason"],
+            })
+    position_file = model_dir / POSITION_LOSS_FILE
+    if config.eval.position_loss and position_file.is_file():
+        for row in json.loads(position_file.read_text())["results"]:
+            if row["status"] == "ok":
+                records.append({"record_type": "position_loss", "position_encoding": encoding, "seed": seed,
+                                "eval_length": row["eval_length"], "num_windows": row["num_windows"],
+                                "buckets": row["buckets"]})
+    records.append({
+        "record_type": "training", "position_encoding": encoding, "seed": seed,
+        "final_loss": summary.get("final_loss"), "final_eval_loss": summary.get("final_eval_loss"),
+        "train_runtime_s": summary.get("train_runtime_s"), "num_parameters": summary.get("num_parameters"),
+        "tokens_seen": summary.get("tokens_seen"), "max_steps": summary.get("max_steps"),
+        "train_length": summary.get("block_size"),
+    })
     return records
 
 
 def write_plots(config: CompareConfig, output_dir: Path, records: list[dict]) -> list[Path]:
-    from .plots import plot_loss_curves, plot_perplexity_vs_length, plot_task_accuracy
+    from .plots import plot_loss_by_position, plot_loss_curves, plot_passkey_heatmaps, plot_perplexity_vs_length, plot_task_accuracy
 
     files = [
         plot_loss_curves({e: output_dir / e for e in config.encodings}, output_dir / "loss_curves.png",
                          title=f"{config.name}: language-model training ({config.run.data.block_size}-token sequences)"),
         plot_perplexity_vs_length(records, output_dir / "perplexity_vs_length.png", config.run.data.block_size,
-                                  title=f"{config.name}: perplexity by evaluation length"),
+                                  title=f"{config.name}: perplexity by evaluation length (mean ± std over seeds)"),
     ]
+    if any(r["record_type"] == "passkey" for r in records):
+        files.append(plot_passkey_heatmaps(records, output_dir / "passkey.png", config.passkey.train_context,
+                                           title=f"{config.name}: passkey retrieval accuracy (mean over seeds)"))
+    if any(r["record_type"] == "position_loss" for r in records):
+        files.append(plot_loss_by_position(records, output_dir / "loss_by_position.png", config.run.data.block_size,
+                                           title=f"{config.name}: loss by position inside the window"))
     if any(r["record_type"] == "task" for r in records):
         files.append(plot_task_accuracy(records, output_dir / "task_accuracy.png",
                                         (config.tasks.train_min_length, config.tasks.train_max_length),
@@ -439,30 +548,31 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def perplexity_table(records: list[dict]) -> str:
-    rows = [r for r in records if r["record_type"] == "perplexity"]
+def perplexity_table(records: list[dict], sliding: bool = False) -> str:
+    """Mean ± std over seeds of the perplexity at each length, and of the per-seed ratio longest / train."""
+    rows = [r for r in records if r["record_type"] == "perplexity" and bool(r.get("sliding")) == sliding]
     lengths = sorted({r["eval_length"] for r in rows})
     train = next((r["train_length"] for r in rows if r.get("train_length")), None)
     labels = list(dict.fromkeys(r["label"] for r in rows))
     header = [f"{n} (train)" if n == train else str(n) for n in lengths]
     longest = max((n for n in lengths if n != train), default=None)
-    lines = ["| model | " + " | ".join(header) + (f" | ppl {longest} / ppl {train} |" if train and longest else " |"),
-             "|---|" + "---:|" * len(lengths) + ("---:|" if train and longest else "")]
+    with_ratio = bool(train and longest)
+    lines = ["| model | " + " | ".join(header) + (f" | ppl {longest} / ppl {train} |" if with_ratio else " |"),
+             "|---|" + "---:|" * len(lengths) + ("---:|" if with_ratio else "")]
     for label in labels:
-        cells, by_length = [], {r["eval_length"]: r for r in rows if r["label"] == label}
+        mine = [r for r in rows if r["label"] == label]
+        cells = []
         for n in lengths:
-            row = by_length.get(n)
-            if row is None:
+            at_n = [r for r in mine if r["eval_length"] == n]
+            statuses = {r["status"] for r in at_n}
+            if not at_n:
                 cells.append("")
-            elif row["status"] == "ok":
-                cells.append(_fmt(row["perplexity"]))
+            elif statuses == {"ok"}:
+                cells.append(stat(r["perplexity"] for r in at_n).format())
             else:
-                cells.append(row["status"])
-        ratio = ""
-        if train and longest:
-            a, b = by_length.get(longest), by_length.get(train)
-            ratio = f"{a['perplexity'] / b['perplexity']:.2f}" if a and b and a["status"] == b["status"] == "ok" else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + (f" | {ratio} |" if train and longest else " |"))
+                cells.append("/".join(sorted(statuses - {"ok"})))
+        ratio = perplexity_ratio([{**r, "sliding": False} for r in mine], label, longest, label, train) if with_ratio else None
+        lines.append(f"| {label} | " + " | ".join(cells) + (f" | {ratio.format()} |" if with_ratio else " |"))
     return "\n".join(lines)
 
 
@@ -474,22 +584,41 @@ def task_tables(records: list[dict]) -> str:
         lengths = sorted({r["length"] for r in cells})
         trained = {r["length"] for r in cells if r.get("in_distribution")}
         header = [f"{n}{' (train)' if n in trained else ''}" for n in lengths]
-        out += [f"**{task}** (exact-match accuracy by number of digits)", "",
+        out += [f"**{task}** (exact-match accuracy by number of digits, mean ± std over seeds)", "",
                 "| encoding | " + " | ".join(header) + " |", "|---|" + "---:|" * len(lengths)]
         for encoding in dict.fromkeys(r["position_encoding"] for r in cells):
-            by_length = {r["length"]: r["accuracy"] for r in cells if r["position_encoding"] == encoding}
-            out.append(f"| {encoding} | " + " | ".join(_fmt(by_length.get(n)) for n in lengths) + " |")
+            by_length = per_seed([r for r in cells if r["position_encoding"] == encoding],
+                                 lambda r: r["length"], lambda r: r["accuracy"])
+            out.append(f"| {encoding} | " + " | ".join(by_length[n].format() if n in by_length else "-" for n in lengths) + " |")
         out.append("")
     return "\n".join(out)
 
 
+def passkey_table(records: list[dict]) -> str:
+    rows = [r for r in records if r["record_type"] == "passkey"]
+    contexts = sorted({r["context"] for r in rows})
+    trained = {r["context"] for r in rows if r["in_distribution"]}
+    lines = ["| encoding | " + " | ".join(f"{c}{' (train)' if c in trained else ''}" for c in contexts) + " |",
+             "|---|" + "---:|" * len(contexts)]
+    for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
+        mine = [r for r in rows if r["position_encoding"] == encoding]
+        by_context = {}
+        for context in contexts:  # per seed: the mean over depths; then mean ± std over seeds
+            per_seed_means = per_seed([r for r in mine if r["context"] == context], lambda r: r["seed"], lambda r: r["accuracy"])
+            by_context[context] = stat(s.mean for s in per_seed_means.values())
+        lines.append(f"| {encoding} | " + " | ".join(by_context[c].format() for c in contexts) + " |")
+    return "\n".join(lines)
+
+
 def training_table(records: list[dict]) -> str:
-    lines = ["| encoding | parameters | final train loss | final validation loss | training time (s) |",
+    lines = ["| encoding | parameters | final train loss | final validation loss | training time per seed (s) |",
              "|---|---:|---:|---:|---:|"]
-    for r in records:
-        if r["record_type"] == "training":
-            lines.append(f"| {r['position_encoding']} | {r['num_parameters']:,} | {_fmt(r['final_loss'], 3)} | "
-                         f"{_fmt(r['final_eval_loss'], 3)} | {_fmt(r['train_runtime_s'], 1)} |")
+    rows = [r for r in records if r["record_type"] == "training"]
+    for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
+        mine = [r for r in rows if r["position_encoding"] == encoding]
+        lines.append(f"| {encoding} | {mine[0]['num_parameters']:,} | {stat(r['final_loss'] for r in mine).format(3)} | "
+                     f"{stat(r['final_eval_loss'] for r in mine).format(3)} | "
+                     f"{stat(r['train_runtime_s'] for r in mine).format(1)} |")
     return "\n".join(lines)
 
 
@@ -514,7 +643,9 @@ def results_markdown(config: CompareConfig, records: list[dict], timings: dict, 
         f"Language models: {run.model.num_hidden_layers} layers, hidden {run.model.hidden_size}, "
         f"{run.model.num_attention_heads} heads, tokenizer vocabulary {run.tokenizer.vocab_size}, trained "
         f"{run.training.max_steps} steps of {run.training.per_device_batch_size} x {run.data.block_size} tokens "
-        f"(seed {run.training.seed}) on data '{run.data.name}'. Perplexity on the validation split, "
+        f"on data '{run.data.name}', {config.seeds} seed{'s' if config.seeds > 1 else ''} "
+        f"({', '.join(map(str, config.seed_values()))}); every number is the mean ± standard deviation over seeds "
+        "(no ± with one seed). Perplexity on the validation split, "
         + (f"sliding windows (stride {config.eval.stride})" if config.eval.stride else "non-overlapping windows")
         + (f", about {config.eval.max_tokens} scored tokens per length." if config.eval.max_tokens else "."),
         "",
@@ -525,6 +656,29 @@ def results_markdown(config: CompareConfig, records: list[dict], timings: dict, 
         "`unsupported`: the encoding cannot represent that many positions (learned beyond max_position_embeddings).",
         "",
     ]
+    claim_records = [r for r in records if r["record_type"] == "claim"]
+    if claim_records:
+        parts += [
+            "## Published findings",
+            "",
+            "Each claim is turned into one number measured per seed; the verdict is `agrees` when mean ± std lies on "
+            "the claimed side of the threshold, `disagrees` when it lies on the other side, `inconclusive` when it "
+            "straddles it or when the study has fewer than two seeds.",
+            "",
+            claims_table(claim_records),
+            "",
+        ]
+    if any(r.get("sliding") for r in records if r["record_type"] == "perplexity"):
+        parts += [
+            f"## Perplexity with sliding windows (stride {config.eval.sliding_stride})",
+            "",
+            "Every token after the first window is scored with at least L - stride tokens of context, so the "
+            "early-token curse of non-overlapping windows is gone; beyond the training length the table shows "
+            "whether the extra context helps or hurts.",
+            "",
+            perplexity_table(records, sliding=True),
+            "",
+        ]
     if any(r["record_type"] == "task" for r in records):
         parts += [
             "## Synthetic tasks",
@@ -534,6 +688,20 @@ def results_markdown(config: CompareConfig, records: list[dict], timings: dict, 
             f"greedy decoding on {tasks.num_test_examples} new instances per length.",
             "",
             task_tables(records),
+        ]
+    if any(r["record_type"] == "passkey" for r in records):
+        pk = config.passkey
+        parts += [
+            "## Passkey retrieval",
+            "",
+            f"A {pk.key_digits}-digit key between two `+` markers, hidden in random-digit filler at a given depth (0: "
+            f"first, 1: last); one {pk.num_hidden_layers}-layer model (hidden {pk.hidden_size}) per encoding trained "
+            f"{pk.max_steps} steps on prompts of up to {pk.train_context} tokens, tested greedily on "
+            f"{pk.num_test_examples} new instances per cell. Exact-match accuracy averaged over depths "
+            f"{pk.depths} (mean ± std over seeds); passkey.png has every depth.",
+            "",
+            passkey_table(records),
+            "",
         ]
     parts += ["## Training", "", training_table(records), "", "## Time", "", timings_table(timings), ""]
     if files:

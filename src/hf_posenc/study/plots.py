@@ -83,17 +83,17 @@ def plot_perplexity_vs_length(records: Sequence[dict], path: str | Path, train_l
     ax = figure.subplots()
     by_label: dict[str, list[dict]] = defaultdict(list)
     for record in records:
-        if record.get("record_type", "perplexity") == "perplexity":
+        if record.get("record_type", "perplexity") == "perplexity" and not record.get("sliding"):
             by_label[record.get("label") or record["position_encoding"]].append(record)
     lengths = sorted({r["eval_length"] for rows in by_label.values() for r in rows})
     for label, rows in by_label.items():
-        rows = sorted(rows, key=lambda r: r["eval_length"])
-        ok = [r for r in rows if r.get("status") == "ok" and r.get("perplexity") is not None]
-        missing = [r["eval_length"] for r in rows if r not in ok]
+        points = _mean_and_std(rows, "eval_length", "perplexity")  # over seeds
+        missing = sorted({r["eval_length"] for r in rows} - {x for x, _, _ in points})
         legend = label + (f" (no value at {', '.join(map(str, missing))})" if missing else "")
         scaled = bool(rows[0].get("rope_scaling"))
-        ax.plot([r["eval_length"] for r in ok], [r["perplexity"] for r in ok], marker="o", markersize=4,
-                color=encoding_color(rows[0]["position_encoding"]), linestyle="--" if scaled else "-", label=legend)
+        ax.errorbar([x for x, _, _ in points], [m for _, m, _ in points], yerr=[e for _, _, e in points], marker="o",
+                    markersize=4, capsize=3, color=encoding_color(rows[0]["position_encoding"]),
+                    linestyle="--" if scaled else "-", label=legend)
     if train_length:
         ax.axvline(train_length, color="grey", linestyle=":", label=f"training length ({train_length})")
     ax.set_xscale("log", base=2)
@@ -122,9 +122,9 @@ def plot_task_accuracy(records: Sequence[dict], path: str | Path, train_range: t
             if r["task"] == task:
                 by_encoding[r["position_encoding"]].append(r)
         for encoding, cells in by_encoding.items():
-            cells.sort(key=lambda r: r["length"])
-            ax.plot([c["length"] for c in cells], [c["accuracy"] for c in cells], marker="o", markersize=4,
-                    color=encoding_color(encoding), label=encoding)
+            points = _mean_and_std(cells, "length", "accuracy")  # over seeds
+            ax.errorbar([x for x, _, _ in points], [m for _, m, _ in points], yerr=[e for _, _, e in points],
+                        marker="o", markersize=4, capsize=3, color=encoding_color(encoding), label=encoding)
         ax.set_xticks(sorted({r["length"] for r in rows if r["task"] == task}))
         if train_range:
             ax.axvspan(train_range[0] - 0.5, train_range[1] + 0.5, color="grey", alpha=0.15, label="trained lengths")
@@ -136,6 +136,82 @@ def plot_task_accuracy(records: Sequence[dict], path: str | Path, train_range: t
     axes[-1].legend(fontsize=8)
     figure.suptitle(title)
     return save(figure, path)
+
+
+def plot_loss_by_position(records: Sequence[dict], path: str | Path, train_length: int | None = None,
+                          title: str = "Loss by position inside the evaluation window") -> Path:
+    """One panel per evaluation length: mean loss (over seeds) of each position bucket, one line per encoding."""
+    rows = [r for r in records if r.get("record_type") == "position_loss"]
+    lengths = sorted({r["eval_length"] for r in rows})
+    figure = new_figure(3.6 * max(1, len(lengths)), 3.6)
+    axes = figure.subplots(1, max(1, len(lengths)), squeeze=False, sharey=True)[0]
+    for ax, length in zip(axes, lengths):
+        for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
+            seeds = [r["buckets"] for r in rows if r["eval_length"] == length and r["position_encoding"] == encoding]
+            if not seeds:
+                continue
+            centers = [(b["first"] + b["last"]) / 2 for b in seeds[0]]
+            means = [sum(s[i]["loss"] for s in seeds) / len(seeds) for i in range(len(centers))]
+            ax.plot(centers, means, color=encoding_color(encoding), label=encoding)
+        if train_length and train_length < length:
+            ax.axvline(train_length, color="grey", linestyle=":", label=f"training length ({train_length})")
+        ax.set_title(f"{length}-token windows")
+        ax.set_xlabel("position in window")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean loss (nats/token)")
+    axes[-1].legend(fontsize=7)
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def plot_passkey_heatmaps(records: Sequence[dict], path: str | Path, train_context: int | None = None,
+                          title: str = "Passkey retrieval accuracy") -> Path:
+    """One heatmap per encoding: accuracy (mean over seeds) by context length (x) and key depth (y)."""
+    rows = [r for r in records if r.get("record_type") == "passkey"]
+    encodings = list(dict.fromkeys(r["position_encoding"] for r in rows))
+    contexts = sorted({r["context"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    columns = min(3, max(1, len(encodings)))
+    figure = new_figure(3.4 * columns, 2.9 * math.ceil(max(1, len(encodings)) / columns))
+    axes = figure.subplots(math.ceil(max(1, len(encodings)) / columns), columns, squeeze=False).ravel()
+    image = None
+    for ax, encoding in zip(axes, encodings):
+        grid = [[_mean([r["accuracy"] for r in rows if r["position_encoding"] == encoding and r["context"] == c
+                        and r["depth"] == d]) for c in contexts] for d in depths]  # (depths, contexts)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="lower", aspect="auto")
+        for i, line in enumerate(grid):
+            for j, value in enumerate(line):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(len(contexts)), [f"{c}{'*' if train_context and c <= train_context else ''}" for c in contexts])
+        ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+        ax.set_title(encoding)
+        ax.set_xlabel("context (tokens; * = trained)")
+        ax.set_ylabel("key depth")
+    for ax in axes[len(encodings):]:
+        ax.set_visible(False)
+    if image is not None:
+        figure.colorbar(image, ax=list(axes[: len(encodings)]), shrink=0.8, label="exact-match accuracy")
+    figure.suptitle(title)
+    return save(figure, path)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _mean_and_std(rows: Sequence[dict], x_key: str, y_key: str) -> list[tuple[float, float, float]]:
+    """(x, mean, std) over the rows sharing x (one row per seed; std 0 for one seed); failed rows are skipped."""
+    grouped: dict = defaultdict(list)
+    for r in rows:
+        if r.get("status", "ok") == "ok" and _finite(r.get(y_key)):
+            grouped[r[x_key]].append(r[y_key])
+    points = []
+    for x in sorted(grouped):
+        values = grouped[x]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        points.append((x, mean, std))
+    return points
 
 
 def plot_sweep(trials: Sequence[dict], path: str | Path, title: str = "Hyperparameter sweep") -> Path:
@@ -200,6 +276,8 @@ __all__ = [
     "plot_loss_curves",
     "plot_perplexity_vs_length",
     "plot_task_accuracy",
+    "plot_loss_by_position",
+    "plot_passkey_heatmaps",
     "plot_sweep",
     "encoding_color",
 ]

@@ -59,6 +59,7 @@ class ModelSection:
     fire_init_length: int | None = setting(None, minimum=1)  # fire: initial L (None: max_position_embeddings; set it to data.block_size)
     xpos_scale_base: float = setting(512.0, positive=True)  # xpos: gamma in zeta ** (n / gamma)
     sandwich_dim: int | None = setting(None, minimum=2)  # sandwich: channels of the sinusoids (None: hidden_size)
+    cope_max_positions: int = 64
     extra_config: dict | None = None  # further PosEncConfig arguments, e.g. those of a registered encoding
     attn_implementation: str = setting("sdpa", choices=ATTENTION_CHOICES)  # chosen when the model is built
 
