@@ -1,6 +1,10 @@
 """``hf-posenc compare``: one model per position encoding, same data, budget, seeds and tokenizer; then
 perplexity by evaluation length, the synthetic tasks, plots and a results table.
 
+Longer than 400 lines because it holds the config, the per-seed orchestration and the markdown tables of one
+command; the tables are the next thing to move out (a ``study/tables.py``), claims and seed statistics already
+live in ``claims.py`` and ``aggregate.py``.
+
 A compare config (YAML) has these keys (``configs/compare-tiny.yaml`` is the embedded default)::
 
     name: compare-tiny            # run name prefix (default: the file's stem)
