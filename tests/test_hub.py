@@ -144,6 +144,10 @@ def test_card_with_eval_has_the_exact_perplexities(learned_dir, tmp_path):
     assert "not evaluated" not in card.text
     assert 'from_pretrained("someone/tiny-learned", trust_remote_code=True)' in card.text
     assert "Learned position embeddings stop at 64 positions" in card.text
+    # How to evaluate it with lm-evaluation-harness, and which context length the harness will use.
+    assert "lm_eval --model hf --model_args pretrained=someone/tiny-learned,trust_remote_code=True" in card.text
+    train_length = json.loads((learned_dir / "eval.json").read_text())["train_length"]
+    assert f"the length the model was trained on: {train_length} tokens" in " ".join(card.text.split())
 
 
 def test_card_without_eval_says_not_evaluated(plain_dir, tmp_path):
