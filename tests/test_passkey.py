@@ -7,8 +7,9 @@ import random
 
 import pytest
 
+from hf_posenc import run_folder
 from hf_posenc.errors import UsageError
-from hf_posenc.evaluation.passkey import (PASSKEY_FILE, PasskeySettings, make_passkey_example, passkey_batch,
+from hf_posenc.evaluation.passkey import (PasskeySettings, make_passkey_example, passkey_batch,
                                           run_passkey_study)
 from hf_posenc.evaluation.tasks import BOS, PLUS, SEP
 
@@ -57,7 +58,7 @@ def test_tiny_study_writes_every_cell_and_is_reused(tmp_path):
     assert {(r["context"], r["depth"]) for r in results} == {(12, 0.0), (12, 1.0), (24, 0.0), (24, 1.0)}
     assert all(0 <= r["accuracy"] <= 1 and r["num_examples"] == 3 for r in results)
     assert [r["in_distribution"] for r in results] == [True, True, False, False]
-    saved = tmp_path / "alibi" / PASSKEY_FILE
+    saved = tmp_path / "alibi" / run_folder.PASSKEY_FILE
     before = saved.stat().st_mtime_ns
     assert run_passkey_study("alibi", settings, tmp_path / "alibi", show_progress=False) == results
     assert saved.stat().st_mtime_ns == before and json.loads(saved.read_text())["settings"] == settings.to_dict()

@@ -76,6 +76,12 @@ def test_task_study_and_bench_train_through_the_shared_step(monkeypatch):
                             logging_steps=1, test_lengths=[2])
     train_task_model("nope", settings, show_progress=False)
     assert len(calls) == 3
+    from hf_posenc.evaluation.passkey import PasskeySettings, train_passkey_model
+
+    passkey = PasskeySettings(max_steps=2, batch_size=2, train_context=12, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1)
+    train_passkey_model("nope", passkey, show_progress=False)
+    assert len(calls) == 5  # the passkey models train through the same step
     torch.manual_seed(0)
     job = measure.TrainJob(build_causal_lm(tiny_config()), batch=1, seq_len=8, device=torch.device("cpu"), compiled=False)
     job.run()

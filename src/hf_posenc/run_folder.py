@@ -49,6 +49,8 @@ LOGS_DIR = "logs"
 LOCK_FILE = ".hf_posenc.lock"
 PREVIOUS_RUN_PREFIX = ".previous-run-"
 TASK_SUMMARY_FILE = "task_summary.json"
+POSITION_LOSS_FILE = "position_loss.json"  # loss by position inside the evaluation window
+PASSKEY_FILE = "passkey.json"  # a passkey model's accuracy by context length and depth
 # Files that mark a folder as holding a run (refused without --resume / --overwrite).
 RUN_ARTIFACTS = (METRICS_FILE, SUMMARY_FILE, RUN_CONFIG_FILE, CHECKPOINTS_DIR, "model.safetensors", LOGS_DIR,
                  EVAL_FILE, EVAL_VARIANTS_DIR)
@@ -119,6 +121,33 @@ def read_json_object(path: str | os.PathLike, what: str = "a JSON object") -> di
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+
+
+# ---- position_loss.json and passkey.json --------------------------------------------------------------------
+POSITION_LOSS_KEYS = ("position_encoding", "train_length", "max_windows", "eval_runtime_s", "results")
+PASSKEY_KEYS = ("position_encoding", "settings", "final_loss", "runtime_s", "results")
+
+
+def write_position_loss(path: str | os.PathLike, result: dict) -> None:
+    _check_keys(result, POSITION_LOSS_KEYS, POSITION_LOSS_FILE)
+    write_json(path, result)
+
+
+def read_position_loss(path: str | os.PathLike) -> dict | None:
+    """The loss-by-position record at ``path``, or None when there is none."""
+    path = Path(path)
+    return read_json_object(path, "loss by position") if path.is_file() else None
+
+
+def write_passkey(folder: str | os.PathLike, result: dict) -> None:
+    _check_keys(result, PASSKEY_KEYS, PASSKEY_FILE)
+    write_json(Path(folder) / PASSKEY_FILE, result)
+
+
+def read_passkey(folder: str | os.PathLike) -> dict | None:
+    """A passkey folder's results, or None when the folder has none (yet)."""
+    path = Path(folder) / PASSKEY_FILE
+    return read_json_object(path, "passkey results") if path.is_file() else None
 
 
 # ---- run_config.yaml ---------------------------------------------------------------------------------------

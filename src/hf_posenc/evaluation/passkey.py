@@ -15,7 +15,6 @@ synthetic tasks' (``hf_posenc.evaluation.tasks``).
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ from pathlib import Path
 
 import torch
 
+from .. import run_folder
 from ..errors import SettingsError, UsageError
 from ..settings import load_settings, setting, to_dict
 from .tasks import (BOS, DIGITS, EOS, IGNORE_INDEX, PAD, PLUS, SEP, SYMBOL_IDS, TaskExample, build_task_model,
-                    build_task_tokenizer, encode, exact_match_accuracy, greedy_answers)
+                    build_task_tokenizer, encode, exact_match_accuracy, greedy_answers, train_on_generated_batches)
 
-PASSKEY_FILE = "passkey.json"
 
 
 @dataclass
@@ -111,27 +110,16 @@ def passkey_batch(settings: PasskeySettings, rng: random.Random) -> dict[str, to
 
 
 def train_passkey_model(position_encoding: str, settings: PasskeySettings, *, show_progress: bool = True):
-    """Train one model on passkey retrieval; returns ``(model, final_loss)``."""
-    from tqdm.auto import tqdm
-    from transformers import get_cosine_schedule_with_warmup
-
+    """Train one model on passkey retrieval; returns ``(model, final_loss)`` (mean loss of the last 20 steps)."""
     torch.manual_seed(settings.seed)
     model = build_task_model(position_encoding, settings)  # reads the model fields and max_sequence_length
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
     rng = random.Random(f"passkey-train|{settings.seed}")  # the same instances for every encoding
-    model.train()
-    losses = []
-    for _ in tqdm(range(settings.max_steps), desc=f"passkey {position_encoding}", unit="step", disable=not show_progress):
-        loss = model(**passkey_batch(settings, rng), use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    model.eval()
-    return model, sum(losses[-20:]) / len(losses[-20:])
+    _, final_loss = train_on_generated_batches(
+        model, lambda: passkey_batch(settings, rng), lr=settings.lr, warmup_steps=settings.warmup_steps,
+        max_steps=settings.max_steps, logging_steps=20, description=f"passkey {position_encoding}",
+        show_progress=show_progress,
+    )
+    return model, final_loss
 
 
 def evaluate_passkey(model, settings: PasskeySettings) -> list[dict]:
@@ -150,11 +138,8 @@ def evaluate_passkey(model, settings: PasskeySettings) -> list[dict]:
 
 
 def passkey_dir_is_complete(path: Path, position_encoding: str, settings: PasskeySettings) -> bool:
-    file = Path(path) / PASSKEY_FILE
-    if not file.is_file():
-        return False
-    saved = json.loads(file.read_text())
-    return saved.get("position_encoding") == position_encoding and saved.get("settings") == settings.to_dict()
+    saved = run_folder.read_passkey(path)
+    return saved is not None and saved.get("position_encoding") == position_encoding and saved.get("settings") == settings.to_dict()
 
 
 def run_passkey_study(position_encoding: str, settings: PasskeySettings, output_dir: str | Path, *,
@@ -162,20 +147,20 @@ def run_passkey_study(position_encoding: str, settings: PasskeySettings, output_
     """Train and test one passkey model; ``output_dir`` gets the model and ``passkey.json``. Reused when current."""
     output_dir = Path(output_dir)
     if not overwrite and passkey_dir_is_complete(output_dir, position_encoding, settings):
-        return json.loads((output_dir / PASSKEY_FILE).read_text())["results"]
+        return run_folder.read_passkey(output_dir)["results"]
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / PASSKEY_FILE).unlink(missing_ok=True)  # incomplete until the end
+    (output_dir / run_folder.PASSKEY_FILE).unlink(missing_ok=True)  # incomplete until the end
     start = time.perf_counter()
     model, final_loss = train_passkey_model(position_encoding, settings, show_progress=show_progress)
     results = evaluate_passkey(model, settings)
     model.save_pretrained(str(output_dir))
     build_task_tokenizer().save_pretrained(str(output_dir))
-    (output_dir / PASSKEY_FILE).write_text(json.dumps({
+    run_folder.write_passkey(output_dir, {
         "position_encoding": position_encoding, "settings": settings.to_dict(), "final_loss": final_loss,
         "runtime_s": time.perf_counter() - start, "results": results,
-    }, indent=2) + "\n")
+    })
     return results
 
 
 __all__ = ["PasskeySettings", "make_passkey_example", "train_passkey_model", "evaluate_passkey",
-           "run_passkey_study", "passkey_dir_is_complete", "PASSKEY_FILE"]
+           "run_passkey_study", "passkey_dir_is_complete"]

@@ -11,16 +11,15 @@ that does not climbs there. Windows are the same non-overlapping ones ``hf-posen
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from .. import run_folder
 from .perplexity import check_lengths, eval_token_ids, inspect_model_dir, load_eval_model, plan_windows
 
-POSITION_LOSS_FILE = "position_loss.json"
 
 
 @torch.no_grad()
@@ -77,9 +76,9 @@ def loss_by_position(model_dir: str | Path, lengths: Sequence[int], *, max_windo
                      "buckets": bucket_means(losses, buckets), "status": "ok"})
     result = {"position_encoding": info.position_encoding, "train_length": info.train_length,
               "max_windows": max_windows, "eval_runtime_s": time.perf_counter() - start_time, "results": rows}
-    path = Path(output) if output is not None else info.path / POSITION_LOSS_FILE
-    path.write_text(json.dumps(result) + "\n")
+    path = Path(output) if output is not None else info.path / run_folder.POSITION_LOSS_FILE
+    run_folder.write_position_loss(path, result)
     return result
 
 
-__all__ = ["loss_by_position", "bucket_means", "position_nll_sums", "POSITION_LOSS_FILE"]
+__all__ = ["loss_by_position", "bucket_means", "position_nll_sums"]

@@ -221,31 +221,31 @@ def training_batch(settings: TaskSettings, rng: random.Random) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids}
 
 
-def train_task_model(position_encoding: str, settings: TaskSettings, *, device=None, show_progress: bool = True,
-                     metrics_path: Path | None = None):
-    """Train one task model; returns ``(model, summary)``. The training engine's step, in a plain loop (no
-    Accelerate, no checkpoints): the data is generated per step and a run takes minutes."""
+def train_on_generated_batches(model, next_batch, *, lr: float, warmup_steps: int, max_steps: int,
+                               weight_decay: float = 0.0, max_grad_norm: float = 1.0, logging_steps: int = 50,
+                               description: str = "train", device=None, show_progress: bool = True):
+    """The training engine's optimizer step in a plain loop over generated batches (synthetic tasks, passkey).
+
+    No Accelerate and no checkpoints: the data is generated per step and a run takes minutes. ``next_batch()``
+    returns a dict of (batch, width) tensors. Returns the logged rows ``{step, loss, lr}`` (the loss is the mean
+    over each logging interval) and the last logged loss; raises RuntimeError when that loss is not finite.
+    """
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
     from ..train.step import build_optimizer, optimizer_step
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(settings.seed)
-    model = build_task_model(position_encoding, settings).to(device)
-    optimizer = build_optimizer(model, settings.lr, settings.weight_decay, betas=(0.9, 0.98))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, settings.warmup_steps, settings.max_steps)
-    rng = random.Random(settings.seed)  # the same instances for every encoding
+    optimizer = build_optimizer(model, lr, weight_decay, betas=(0.9, 0.98))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, max_steps)
     rows, interval, last_loss = [], [], None
-    start = time.perf_counter()
     model.train()
-    progress = tqdm(range(1, settings.max_steps + 1), desc=f"tasks {position_encoding}", unit="step", disable=not show_progress)
+    progress = tqdm(range(1, max_steps + 1), desc=description, unit="step", disable=not show_progress)
     for step in progress:
-        batch = {k: v.to(device) for k, v in training_batch(settings, rng).items()}
+        batch = {k: v.to(device) for k, v in next_batch().items()} if device is not None else next_batch()
         loss, _ = optimizer_step(model, [batch], optimizer, scheduler,
-                                 max_grad_norm=settings.max_grad_norm if settings.max_grad_norm > 0 else None)
+                                 max_grad_norm=max_grad_norm if max_grad_norm > 0 else None)
         interval.append(loss.item())
-        if step % settings.logging_steps == 0 or step == settings.max_steps:
+        if step % logging_steps == 0 or step == max_steps:
             last_loss = sum(interval) / len(interval)
             rows.append({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0]})
             progress.set_postfix(loss=f"{last_loss:.3f}")
@@ -253,7 +253,24 @@ def train_task_model(position_encoding: str, settings: TaskSettings, *, device=N
     progress.close()
     model.eval()
     if not math.isfinite(last_loss):
-        raise RuntimeError(f"task training diverged for position_encoding={position_encoding!r} (loss {last_loss}); lower tasks.lr")
+        raise RuntimeError(f"{description}: training diverged (loss {last_loss}); lower the learning rate")
+    return rows, last_loss
+
+
+def train_task_model(position_encoding: str, settings: TaskSettings, *, device=None, show_progress: bool = True,
+                     metrics_path: Path | None = None):
+    """Train one task model; returns ``(model, summary)``."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(settings.seed)
+    model = build_task_model(position_encoding, settings).to(device)
+    rng = random.Random(settings.seed)  # the same instances for every encoding
+    start = time.perf_counter()
+    rows, last_loss = train_on_generated_batches(
+        model, lambda: training_batch(settings, rng), lr=settings.lr, warmup_steps=settings.warmup_steps,
+        max_steps=settings.max_steps, weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+        logging_steps=settings.logging_steps, description=f"tasks {position_encoding}", device=device,
+        show_progress=show_progress,
+    )
     if metrics_path is not None:
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     summary = {
@@ -391,6 +408,7 @@ __all__ = [
     "build_task_tokenizer",
     "build_task_model",
     "train_task_model",
+    "train_on_generated_batches",
     "evaluate_tasks",
     "run_task_study",
 ]

@@ -34,7 +34,6 @@ run with a *different* configuration is refused up front instead of being silent
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -42,7 +41,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from .. import run_folder
 from ..errors import SettingsError
@@ -404,7 +402,7 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
                         reused: dict, overwrite: bool, show_progress: bool) -> None:
     """Train one (encoding, seed) model unless finished, then every evaluation of it that is not current."""
     from ..evaluation.perplexity import evaluate_model_dir
-    from ..evaluation.position_loss import POSITION_LOSS_FILE, loss_by_position
+    from ..evaluation.position_loss import loss_by_position
     from ..train.engine import train
 
     model_dir, encoding = Path(run.output_dir), run.model.position_encoding
@@ -435,7 +433,7 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
             evaluate_model_dir(model_dir, settings.lengths, stride=stride, max_tokens=settings.max_tokens,
                                max_windows=settings.max_windows, batch_size=settings.batch_size, rope_scaling=scaling,
                                output=path, show_progress=show_progress)
-    position_file = model_dir / POSITION_LOSS_FILE
+    position_file = model_dir / run_folder.POSITION_LOSS_FILE
     if settings.position_loss and (overwrite or not _position_loss_is_current(position_file, summary, settings)):
         with timer.phase("eval"):
             loss_by_position(model_dir, settings.lengths, max_windows=settings.position_loss_windows,
@@ -445,7 +443,7 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
 def _position_loss_is_current(path: Path, summary: Path, settings: EvalSettings) -> bool:
     if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
         return False
-    saved = json.loads(path.read_text())
+    saved = run_folder.read_position_loss(path)
     return (saved.get("max_windows") == settings.position_loss_windows
             and [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths)
 
@@ -465,16 +463,14 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
                         "length": row["length"], "accuracy": row["accuracy"], "num_examples": row["num_examples"],
                         "in_distribution": row.get("in_distribution"),
                     })
-            passkey_file = root / "passkey" / encoding / "passkey.json"
-            if config.passkey is not None and not skip_tasks and passkey_file.is_file():
-                for row in json.loads(passkey_file.read_text())["results"]:
+            passkey = run_folder.read_passkey(root / "passkey" / encoding)
+            if config.passkey is not None and not skip_tasks and passkey is not None:
+                for row in passkey["results"]:
                     records.append({"record_type": "passkey", "position_encoding": encoding, "seed": seed, **row})
     return records
 
 
 def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: int) -> list[dict]:
-    from ..evaluation.position_loss import POSITION_LOSS_FILE
-
     records = []
     summary = run_folder.read_train_summary(model_dir) or {}
     variants = [None] + ([f"rope-{scaling}" for scaling in config.eval.rope_scaling] if encoding == "rope" else [])
@@ -493,9 +489,9 @@ def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: 
                 "perplexity": row["perplexity"], "loss": row["loss"], "num_tokens": row["num_tokens"],
                 "status": row["status"], "reason": row["reason"],
             })
-    position_file = model_dir / POSITION_LOSS_FILE
+    position_file = model_dir / run_folder.POSITION_LOSS_FILE
     if config.eval.position_loss and position_file.is_file():
-        for row in json.loads(position_file.read_text())["results"]:
+        for row in run_folder.read_position_loss(position_file)["results"]:
             if row["status"] == "ok":
                 records.append({"record_type": "position_loss", "position_encoding": encoding, "seed": seed,
                                 "eval_length": row["eval_length"], "num_windows": row["num_windows"],
