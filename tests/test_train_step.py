@@ -85,4 +85,4 @@ def test_task_study_and_bench_train_through_the_shared_step(monkeypatch):
     torch.manual_seed(0)
     job = measure.TrainJob(build_causal_lm(tiny_config()), batch=1, seq_len=8, device=torch.device("cpu"), compiled=False)
     job.run()
-    assert len(calls) == 4 and job.last_loss is not None
+    assert len(calls) == 6 and job.last_loss is not None
