@@ -286,7 +286,7 @@ def break_config(field, value):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda d: (d / "config.json").unlink(), "has no config.json"),
+        (lambda d: (d / "config.json").unlink(), "config.json is missing"),
         (lambda d: (d / "config.json").write_text("{not json"), "is not valid JSON"),
         (break_config("model_type", "llama"), "model_type 'hf_posenc'"),
         (break_config("position_encoding", "my_custom"), "only the built-in encodings"),

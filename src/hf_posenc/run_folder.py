@@ -150,6 +150,25 @@ def read_passkey(folder: str | os.PathLike) -> dict | None:
     return read_json_object(path, "passkey results") if path.is_file() else None
 
 
+# ---- config.json of a model folder ---------------------------------------------------------------------------
+def read_model_config(folder: str | os.PathLike) -> dict:
+    """config.json of an hf_posenc model folder; UsageError naming what is wrong (no folder, no config, other model)."""
+    path = Path(folder)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "not found"
+        raise UsageError(f"model directory {str(path)!r} {what}")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{str(path)!r} holds no model: config.json is missing (expected the output of hf-posenc train)")
+    config = read_json_object(config_path, "the model's config object")
+    if config.get("model_type") != "hf_posenc":
+        raise UsageError(
+            f"{config_path} holds a {config.get('model_type')!r} model, not an hf_posenc model (model_type "
+            "'hf_posenc'); convert a Llama checkpoint with hf_posenc.from_llama first"
+        )
+    return config
+
+
 # ---- run_config.yaml ---------------------------------------------------------------------------------------
 def read_run_config(folder: str | os.PathLike) -> dict | None:
     """The saved run config as a mapping (None when the folder has none)."""

@@ -82,17 +82,7 @@ class ModelDirInfo:
 def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
     """Check that ``model_dir`` holds an hf_posenc model (config + weights + tokenizer); UsageError otherwise."""
     path = Path(model_dir)
-    if not path.is_dir():
-        raise UsageError(f"model directory not found: {str(path)!r}")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise UsageError(f"{str(path)!r} holds no model: config.json is missing (expected the output of hf-posenc train)")
-    raw = run_folder.read_json_object(config_file, "the model's config object")
-    if raw.get("model_type") != "hf_posenc":
-        raise UsageError(
-            f"{str(path)!r} holds a {raw.get('model_type')!r} model, not an hf_posenc model (model_type 'hf_posenc'); "
-            "convert a Llama checkpoint with hf_posenc.from_llama first"
-        )
+    run_folder.read_model_config(path)  # a folder, a config.json, an hf_posenc model
     if not any((path / name).is_file() for name in WEIGHT_FILES):
         raise UsageError(f"{str(path)!r} has a config.json but no weights (one of {list(WEIGHT_FILES)})")
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
@@ -106,7 +96,7 @@ def inspect_model_dir(model_dir: str | Path) -> ModelDirInfo:
         with torch.device("meta"):  # no memory for the tables: we only read max_positions
             max_positions = build_position_encoding(config).max_positions
     except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise UsageError(f"{str(config_file)!r} is not a valid hf_posenc config: {error}") from error
+        raise UsageError(f"{str(path / 'config.json')!r} is not a valid hf_posenc config: {error}") from error
 
     records = run_folder.RunRecords(run_config=run_folder.read_run_config(path),
                                     train_summary=run_folder.read_train_summary(path))

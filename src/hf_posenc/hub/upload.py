@@ -84,15 +84,8 @@ def check_license(license_id: str) -> str:
 def check_model_dir(model_dir: str | os.PathLike) -> dict:
     """Return config.json of an hf_posenc model directory, or raise UsageError naming what is wrong."""
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UsageError(f"MODEL_DIR {str(model_dir)!r} is not a directory")
     config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise UsageError(f"MODEL_DIR {str(model_dir)!r} has no config.json (expected the output of hf-posenc train)")
-    config = run_folder.read_json_object(config_path, "the model's config object")
-    if config.get("model_type") != "hf_posenc":
-        found = config.get("model_type")
-        raise UsageError(f"{config_path} must have model_type 'hf_posenc', got {found!r}")
+    config = run_folder.read_model_config(model_dir)
     encoding = config.get("position_encoding")
     if encoding not in BUILTIN_ENCODINGS:
         raise UsageError(
