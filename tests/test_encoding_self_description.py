@@ -11,7 +11,7 @@ from helpers_length_generalization import is_png, tiny_run_section, write_text_f
 
 from hf_posenc import PositionEncoding, register_position_encoding
 from hf_posenc.bench.models import encoding_has_score_bias, validate_encodings
-from hf_posenc.hub import upload as hub
+from hf_posenc.hub import card as hub_card
 from hf_posenc.model.encodings_hf_posenc import POSITION_ENCODINGS, unregister_position_encoding
 from hf_posenc.study.compare import compare_config_from_dict, run_compare
 from hf_posenc.study.figures import distance_profile
@@ -77,7 +77,7 @@ def test_registered_encoding_has_its_colour_and_its_card(registered, compared):
     assert encoding_color("alibi") == POSITION_ENCODINGS["alibi"].color
     model_dir = compared / registered
     config = json.loads((model_dir / "config.json").read_text())
-    card = hub.build_model_card(config, hub.read_run_records(model_dir, config), "someone/stepped")
+    card = hub_card.build_model_card(config, hub_card.read_run_records(model_dir, config), "someone/stepped")
     assert "a stepped distance penalty registered by the test suite" in card.text
     assert "-floor((i - j) / 4)" in card.text and "the hf_posenc test suite" in card.text
 

@@ -12,6 +12,7 @@ from helpers_model_dir import build_model_dir
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
+from hf_posenc.hub import card as hub_card
 from hf_posenc.hub import upload as hub
 from hf_posenc.cli import main
 
@@ -68,12 +69,12 @@ def forbid_work(monkeypatch):
 
 
 def test_packaged_template_is_the_model_cards_template():
-    canonical = REPO_ROOT / "model_cards" / hub.CARD_TEMPLATE_NAME
-    packaged = REPO_ROOT / "src" / "hf_posenc" / "hub" / "templates" / hub.CARD_TEMPLATE_NAME
+    canonical = REPO_ROOT / "model_cards" / hub_card.CARD_TEMPLATE_NAME
+    packaged = REPO_ROOT / "src" / "hf_posenc" / "hub" / "templates" / hub_card.CARD_TEMPLATE_NAME
     assert packaged.read_bytes() == canonical.read_bytes(), (
         f"edit {canonical} and copy it to {packaged} (the package ships the copy)"
     )
-    assert hub.check_template(None) == canonical.read_text(encoding="utf-8")
+    assert hub_card.check_template(None) == canonical.read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------- the dry-run folder
@@ -196,9 +197,9 @@ def test_card_falls_back_to_metrics_and_skips_a_cut_line(plain_dir, tmp_path, ca
 
 def test_card_shows_task_accuracies_and_never_guesses_the_eval_data(learned_dir):
     config = json.loads((learned_dir / "config.json").read_text())
-    records = hub.read_run_records(learned_dir, config)
+    records = hub_card.read_run_records(learned_dir, config)
     records.eval = dict(records.eval, data=None, tasks=[{"task": "copy", "length": 48, "accuracy": 0.25, "num_examples": 8}])
-    card = hub.build_model_card(config, records, "someone/tiny-learned")
+    card = hub_card.build_model_card(config, records, "someone/tiny-learned")
     assert "| copy | 48 | 0.250 | 8 |" in card.text
     assert "on an unrecorded data source" in card.text and "standard library" not in card.text.split("## Evaluation")[1]
     assert {result.dataset_type for result in card.data.eval_results} == {"unknown"}
@@ -215,9 +216,9 @@ def test_custom_template_is_used(plain_dir, tmp_path):
 
 def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
     model_dir = build_model_dir(tmp_path / "model", "t5_bias", data="Salesforce/wikitext")
-    card = hub.build_model_card(
+    card = hub_card.build_model_card(
         json.loads((model_dir / "config.json").read_text()),
-        hub.read_run_records(model_dir, {"position_encoding": "t5_bias"}),
+        hub_card.read_run_records(model_dir, {"position_encoding": "t5_bias"}),
         "someone/tiny-t5",
     )
     assert card.data.datasets == ["Salesforce/wikitext"]
@@ -233,14 +234,14 @@ def test_hub_dataset_goes_to_the_card_metadata(tmp_path):
      ("local: /home/me/corpus", "local"), ("hub: Salesforce/wikitext (wikitext-2-raw-v1)", "hub")],
 )
 def test_data_source_classification(data, kind):
-    assert hub.data_source(data).kind == kind
+    assert hub_card.data_source(data).kind == kind
 
 
 def test_recorded_descriptions_keep_their_details():
-    assert hub.data_source("stdlib: Python 3.11 standard library sources (/usr/lib)").python_version == "3.11"
-    source = hub.data_source("hub: Salesforce/wikitext (wikitext-2-raw-v1)")
+    assert hub_card.data_source("stdlib: Python 3.11 standard library sources (/usr/lib)").python_version == "3.11"
+    source = hub_card.data_source("hub: Salesforce/wikitext (wikitext-2-raw-v1)")
     assert (source.name, source.config) == ("Salesforce/wikitext", "wikitext-2-raw-v1")
-    assert hub.data_source("local: /home/me/corpus").name == "/home/me/corpus"
+    assert hub_card.data_source("local: /home/me/corpus").name == "/home/me/corpus"
 
 
 def test_custom_template_with_unknown_variable_is_refused(plain_dir, tmp_path, monkeypatch, capsys):
@@ -399,7 +400,7 @@ def test_upload_sends_exactly_the_dry_run_folder(learned_dir, tmp_path, monkeypa
 
 def test_card_training_rows_come_from_the_nested_run_config(plain_dir):
     config = json.loads((plain_dir / "config.json").read_text())
-    rows = dict(hub.training_rows(hub.read_run_records(plain_dir, config)))
+    rows = dict(hub_card.training_rows(hub_card.read_run_records(plain_dir, config)))
     assert rows["Learning rate (peak)"] == "0.001"  # training.lr of the nested run config
     assert rows["Training sequence length (block size)"] == "32" and rows["Optimizer steps (max_steps)"] == "2"
     assert rows["Per-device batch size"] == "1" and rows["Sequences per optimizer step (global batch)"] == "1"
@@ -414,9 +415,9 @@ def test_folders_of_older_releases_still_make_a_card(tmp_path):
     summary["data"] = "stdlib: Python 3.11 standard library sources (/usr/lib/python3.11)"
     (model_dir / "train_summary.json").write_text(json.dumps(summary))
     config = json.loads((model_dir / "config.json").read_text())
-    records = hub.read_run_records(model_dir, config)
-    assert dict(hub.training_rows(records))["Learning rate (peak)"] == "0.002"
-    assert hub.training_data_source(records).python_version == "3.11"
+    records = hub_card.read_run_records(model_dir, config)
+    assert dict(hub_card.training_rows(records))["Learning rate (peak)"] == "0.002"
+    assert hub_card.training_data_source(records).python_version == "3.11"
 
 
 def test_eval_variants_are_labelled_and_never_the_models_perplexity(tmp_path):
