@@ -9,6 +9,11 @@ The output folder follows the model-directory contract (see docs/training.md).
 Determinism: data order is a seeded permutation per epoch, cut into *global* batches that every
 process slices by rank, so a run with N processes sees exactly the rows of a 1-process run with the
 same global batch, and the data position after a resume is a pure function of the step.
+
+Longer than our usual 400 lines because setup, loop, validation and export share one state and read best
+in order; what stands on its own lives beside it: the optimizer step and model builder (``step.py``), the
+checkpoint format (``checkpoints.py``), overwrite and lock handling (``output_guard.py``) and CPU FSDP
+(``sharding.py``).
 """
 
 from __future__ import annotations
