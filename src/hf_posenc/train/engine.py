@@ -416,114 +416,160 @@ def _say(main: bool, message: str) -> None:
 
 def _run_loop(accelerator, model, optimizer, scheduler, batches, data, run_config, output_dir, state, metrics,
               callbacks, show, batches_per_epoch, on_checkpoint=None) -> dict:
-    from tqdm.auto import tqdm
+    """Train from ``state["step"]`` to ``max_steps``; returns the training summary (see ``_TrainLoop``)."""
+    loop = _TrainLoop(accelerator, model, optimizer, scheduler, data, run_config, output_dir, state, metrics,
+                      callbacks, batches_per_epoch, on_checkpoint)
+    return loop.run(batches, show)
 
-    t = run_config.training
-    device = accelerator.device
-    tokens_per_step = t.per_device_batch_size * accelerator.num_processes * t.gradient_accumulation_steps * run_config.data.block_size
-    max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf  # inf: measure the norm, never clip
-    interval_loss = torch.zeros((), device=device)
-    interval_steps = 0
-    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    last_good_checkpoint = latest_complete_checkpoint(output_dir)
-    last_loss, last_eval_loss, stopped_early = state.get("final_loss"), state.get("final_eval_loss"), False
-    progress = tqdm(total=t.max_steps, initial=state["step"], disable=not show, desc=f"train {run_config.model.position_encoding}", unit="step")
-    interval_start = session_start = time.perf_counter()
-    runtime_before = state["train_runtime_s"]
-    grad_norm = torch.zeros((), device=device)
 
-    def emit(row: dict) -> None:
-        metrics.write(row)
-        accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-        for callback in callbacks:
+class _TrainLoop:
+    """The state of one training session: interval statistics, the first non-finite step, the last losses.
+
+    The non-finite check stays on the device (``first_bad_step``) and is read only when logging or saving, so
+    a step never waits for the host.
+    """
+
+    def __init__(self, accelerator, model, optimizer, scheduler, data, run_config, output_dir, state, metrics,
+                 callbacks, batches_per_epoch, on_checkpoint):
+        self.accelerator, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.data, self.run_config, self.output_dir, self.state = data, run_config, output_dir, state
+        self.metrics, self.callbacks, self.on_checkpoint = metrics, callbacks, on_checkpoint
+        self.batches_per_epoch = batches_per_epoch
+        t = self.t = run_config.training
+        device = accelerator.device
+        self.tokens_per_step = (t.per_device_batch_size * accelerator.num_processes * t.gradient_accumulation_steps
+                                * run_config.data.block_size)
+        self.max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf  # inf: measure the norm, never clip
+        self.interval_loss = torch.zeros((), device=device)
+        self.interval_steps = 0
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.last_good_checkpoint = latest_complete_checkpoint(output_dir)
+        self.last_loss, self.last_eval_loss = state.get("final_loss"), state.get("final_eval_loss")
+        self.runtime_before = state["train_runtime_s"]
+        self.grad_norm = torch.zeros((), device=device)
+
+    def run(self, batches, show: bool) -> dict:
+        from tqdm.auto import tqdm
+
+        t, state = self.t, self.state
+        progress = tqdm(total=t.max_steps, initial=state["step"], disable=not show,
+                        desc=f"train {self.run_config.model.position_encoding}", unit="step")
+        self.interval_start = self.session_start = time.perf_counter()
+        stopped_early = False
+        self.model.train()
+        try:
+            while state["step"] < t.max_steps:
+                self._step(batches)
+                progress.update(1)
+                step = state["step"]
+                if step % t.logging_steps == 0 or step == t.max_steps:
+                    loss_value, tokens_per_s = self._log(step)
+                    progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens_per_s:.0f}")
+                if (t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps:
+                    self.last_eval_loss = evaluate_loss(self.model, self.data.eval_blocks, self.accelerator,
+                                                        t.per_device_batch_size, t.eval_max_batches)
+                    self._emit({"step": step, "eval_loss": self.last_eval_loss})
+                    self.interval_start = time.perf_counter()
+                if t.save_steps and (step % t.save_steps == 0 or step == t.max_steps):
+                    self._checkpoint(step)
+        except StopTraining:
+            stopped_early = True
+        finally:
+            progress.close()
+        self._check_finite()
+        state["train_runtime_s"] = self._runtime()
+        return self._summary(stopped_early)
+
+    def _step(self, batches) -> None:
+        t, state, accelerator = self.t, self.state, self.accelerator
+        micro_batches = []
+        for micro in range(t.gradient_accumulation_steps):
+            input_ids = next(batches).to(accelerator.device, non_blocking=True)  # (per_device, block_size)
+            micro_batches.append(_training_batch(input_ids, t, state["step"], micro, accelerator.process_index))
+        step_loss, grad_norm = optimizer_step(self.model, micro_batches, self.optimizer, self.scheduler,
+                                              max_grad_norm=self.max_norm, accelerator=accelerator)
+        self.grad_norm = full_tensor(grad_norm)  # a DTensor when the parameters are sharded
+        state["step"] += 1
+        state["tokens_seen"] += self.tokens_per_step
+        finite = torch.isfinite(step_loss) & torch.isfinite(self.grad_norm)
+        first_bad = self.first_bad_step
+        self.first_bad_step = torch.where((first_bad < 0) & ~finite, torch.full_like(first_bad, state["step"]), first_bad)
+        self.interval_loss += step_loss
+        self.interval_steps += 1
+
+    def _log(self, step: int) -> tuple[float, float]:
+        """Write the logging row of the interval that ends at ``step``; returns (mean loss, tokens/s)."""
+        self._check_finite()
+        loss_value = (self.accelerator.reduce(self.interval_loss, "mean") / self.interval_steps).item()
+        elapsed = time.perf_counter() - self.interval_start
+        row = {
+            "step": step,
+            "loss": loss_value,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(self.grad_norm),
+            "tokens_per_s": self.interval_steps * self.tokens_per_step / max(elapsed, 1e-9),
+            "tokens_seen": self.state["tokens_seen"],
+            "epoch": step * self.t.gradient_accumulation_steps / self.batches_per_epoch,
+            "elapsed_s": self._runtime(),
+        }
+        self.last_loss = loss_value
+        self.interval_loss.zero_()
+        self.interval_steps = 0
+        self._emit(row)
+        self.interval_start = time.perf_counter()
+        return loss_value, row["tokens_per_s"]
+
+    def _checkpoint(self, step: int) -> None:
+        self._check_finite()  # never write a checkpoint after a NaN/inf
+        self.state["train_runtime_s"] = self._runtime()
+        self.state.update(final_loss=self.last_loss, final_eval_loss=self.last_eval_loss)
+        self.last_good_checkpoint = save_checkpoint(
+            self.accelerator, self.output_dir, step, dict(self.state), self.t.save_total_limit,
+            model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+        )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
+        self.interval_start = time.perf_counter()
+
+    def _runtime(self) -> float:
+        return self.runtime_before + time.perf_counter() - self.session_start
+
+    def _emit(self, row: dict) -> None:
+        self.metrics.write(row)
+        self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        for callback in self.callbacks:
             callback(row)
 
-    def check_finite() -> None:
-        bad = int(accelerator.gather(first_bad_step[None]).max().item())  # any process, any step
+    def _check_finite(self) -> None:
+        bad = int(self.accelerator.gather(self.first_bad_step[None]).max().item())  # any process, any step
         if bad >= 0:
-            kept = f"the last good checkpoint is {last_good_checkpoint}" if last_good_checkpoint else "no checkpoint was saved"
+            checkpoint = self.last_good_checkpoint
+            kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was saved"
             raise TrainingDiverged(
                 f"the training loss or gradient norm became NaN/inf at step {bad} "
-                f"(position_encoding={run_config.model.position_encoding!r}, lr={t.lr}); stopped; {kept}. "
+                f"(position_encoding={self.run_config.model.position_encoding!r}, lr={self.t.lr}); stopped; {kept}. "
                 "Try a lower training.lr, more warmup or training.max_grad_norm > 0, then resume or start a new run."
             )
 
-    model.train()
-    try:
-        while state["step"] < t.max_steps:
-            micro_batches = []
-            for micro in range(t.gradient_accumulation_steps):
-                input_ids = next(batches).to(device, non_blocking=True)  # (per_device, block_size)
-                micro_batches.append(_training_batch(input_ids, t, state["step"], micro, accelerator.process_index))
-            step_loss, grad_norm = optimizer_step(
-                model, micro_batches, optimizer, scheduler, max_grad_norm=max_norm, accelerator=accelerator
-            )
-            grad_norm = full_tensor(grad_norm)  # a DTensor when the parameters are sharded
-            state["step"] += 1
-            state["tokens_seen"] += tokens_per_step
-            step = state["step"]
-            finite = torch.isfinite(step_loss) & torch.isfinite(grad_norm)
-            first_bad_step = torch.where((first_bad_step < 0) & ~finite, torch.full_like(first_bad_step, step), first_bad_step)
-            interval_loss += step_loss
-            interval_steps += 1
-            progress.update(1)
-
-            if step % t.logging_steps == 0 or step == t.max_steps:
-                check_finite()
-                loss_value = (accelerator.reduce(interval_loss, "mean") / interval_steps).item()
-                elapsed = time.perf_counter() - interval_start
-                row = {
-                    "step": step,
-                    "loss": loss_value,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": interval_steps * tokens_per_step / max(elapsed, 1e-9),
-                    "tokens_seen": state["tokens_seen"],
-                    "epoch": step * t.gradient_accumulation_steps / batches_per_epoch,
-                    "elapsed_s": runtime_before + time.perf_counter() - session_start,
-                }
-                progress.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                last_loss = loss_value
-                interval_loss.zero_()
-                interval_steps = 0
-                emit(row)
-                interval_start = time.perf_counter()
-            if (t.eval_steps and step % t.eval_steps == 0) or step == t.max_steps:
-                last_eval_loss = evaluate_loss(model, data.eval_blocks, accelerator, t.per_device_batch_size, t.eval_max_batches)
-                emit({"step": step, "eval_loss": last_eval_loss})
-                interval_start = time.perf_counter()
-            if t.save_steps and (step % t.save_steps == 0 or step == t.max_steps):
-                check_finite()  # never write a checkpoint after a NaN/inf
-                state["train_runtime_s"] = runtime_before + time.perf_counter() - session_start
-                state.update(final_loss=last_loss, final_eval_loss=last_eval_loss)
-                last_good_checkpoint = save_checkpoint(accelerator, output_dir, step, dict(state), t.save_total_limit,
-                                                       model=model, optimizer=optimizer, scheduler=scheduler)
-                if on_checkpoint is not None:
-                    on_checkpoint()
-                interval_start = time.perf_counter()
-    except StopTraining:
-        stopped_early = True
-    finally:
-        progress.close()
-    check_finite()
-    state["train_runtime_s"] = runtime_before + time.perf_counter() - session_start
-    return {
-        "position_encoding": run_config.model.position_encoding,
-        "block_size": run_config.data.block_size,
-        "max_steps": t.max_steps,
-        "steps_completed": state["step"],
-        "stopped_early": stopped_early,
-        "tokens_seen": state["tokens_seen"],
-        "final_loss": last_loss,
-        "final_eval_loss": last_eval_loss,
-        "train_runtime_s": state["train_runtime_s"],
-        "data": data.source,
-        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
-        "num_processes": accelerator.num_processes,
-        "global_batch_size": state["global_batch_size"],
-        "mixed_precision": accelerator.mixed_precision,
-        "vocab_size": run_config.model.vocab_size,
-    }
+    def _summary(self, stopped_early: bool) -> dict:
+        run_config, state, accelerator = self.run_config, self.state, self.accelerator
+        return {
+            "position_encoding": run_config.model.position_encoding,
+            "block_size": run_config.data.block_size,
+            "max_steps": self.t.max_steps,
+            "steps_completed": state["step"],
+            "stopped_early": stopped_early,
+            "tokens_seen": state["tokens_seen"],
+            "final_loss": self.last_loss,
+            "final_eval_loss": self.last_eval_loss,
+            "train_runtime_s": state["train_runtime_s"],
+            "data": self.data.source,
+            "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters()),
+            "num_processes": accelerator.num_processes,
+            "global_batch_size": state["global_batch_size"],
+            "mixed_precision": accelerator.mixed_precision,
+            "vocab_size": run_config.model.vocab_size,
+        }
 
 
 def _export(accelerator, model, data, run_config, output_dir: Path, summary: dict) -> None:
