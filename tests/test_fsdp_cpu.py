@@ -1,23 +1,18 @@
 """Fully sharded training on two CPU processes (torch FSDP2 over gloo): train, checkpoint, resume, export."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers_multiprocess import torchrun_train as run_two_processes
+from helpers_multiprocess import write_run_config
 from safetensors.torch import load_file
 
-from hf_posenc.data.corpus import embedded_corpus_root
 from hf_posenc.model.loading import load_model_folder
 from hf_posenc.train.checkpoints import complete_checkpoints
 from hf_posenc.train.engine import prepare_data
 from hf_posenc.train.run_config import load_run_config
-
-SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 
 CONFIG = """
 model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 64}}
@@ -28,31 +23,14 @@ training: {{max_steps: 4, per_device_batch_size: 4, lr: 1.0e-2, warmup_steps: 1,
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun_train(config, output_dir, *extra):
     """``hf-posenc train`` in 2 CPU processes with FSDP asked for as ``accelerate launch`` would ask for it."""
-    env = {**os.environ, "ACCELERATE_USE_FSDP": "true"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), "-m", "hf_posenc.cli", "train", "--config", str(config),
-               "--output-dir", str(output_dir), "--no-progress", *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    return run_two_processes(config, output_dir, *extra, env={"ACCELERATE_USE_FSDP": "true"}, timeout=300)
 
 
 @pytest.mark.slow
 def test_fsdp_on_two_cpu_processes_trains_checkpoints_resumes_and_exports(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for name in SOURCE_MODULES:
-        (corpus / f"{name}.txt").write_text((embedded_corpus_root() / name).read_text())
-    config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.format(data=corpus, cache=tmp_path / "cache"))
+    config = write_run_config(tmp_path, CONFIG)
 
     full = tmp_path / "full"
     first = torchrun_train(config, full)

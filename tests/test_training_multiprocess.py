@@ -1,18 +1,13 @@
 """Two CPU processes (torchrun, gloo) follow the same loss curve as one process with the same global batch."""
 
 import json
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers_multiprocess import torchrun_train, write_run_config
 from safetensors.torch import load_file
 
 from hf_posenc.cli import main
-from hf_posenc.data.corpus import embedded_corpus_root
-
-SOURCE_MODULES = ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 
 CONFIG = """
 model: {{hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 4, max_position_embeddings: 64}}
@@ -23,12 +18,6 @@ training: {{max_steps: 8, per_device_batch_size: 8, lr: 1.0e-2, warmup_steps: 2,
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def losses(output_dir, key):
     rows = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     return [row[key] for row in rows if key in row]
@@ -36,23 +25,12 @@ def losses(output_dir, key):
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for name in SOURCE_MODULES:
-        (corpus / f"{name}.txt").write_text((embedded_corpus_root() / name).read_text())
-    config = tmp_path / "run.yaml"
-    config.write_text(CONFIG.format(data=corpus, cache=tmp_path / "cache"))
+    config = write_run_config(tmp_path, CONFIG)
 
     # One process, 8 rows per step.
     assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "one"), "--no-progress"]) == 0
     # Two processes, 4 rows each: the same 8 rows per step (global batches are sliced by rank).
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(free_port()), "-m", "hf_posenc.cli", "train", "--config", str(config),
-         "--output-dir", str(tmp_path / "two"), "--set", "training.per_device_batch_size=4", "--no-progress"],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    torchrun_train(config, tmp_path / "two", "--set", "training.per_device_batch_size=4")
 
     one, two = tmp_path / "one", tmp_path / "two"
     summary = json.loads((two / "train_summary.json").read_text())
