@@ -48,6 +48,18 @@ LOADER = textwrap.dedent(
 )
 
 
+def load_without_the_package(folders: list[str], ids: torch.Tensor, tmp_path) -> dict:
+    """Run ``LOADER`` in a fresh interpreter (hf_posenc hidden, offline): ``{encoding: {logits, generated}}``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(ids.tolist()), *folders],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_folders_load_without_the_package(tmp_path):
     ids = random_tokens(batch=2, length=7)
     folders, expected = [], {}
@@ -67,14 +79,7 @@ def test_folders_load_without_the_package(tmp_path):
             source = (folder / name).read_text()
             assert "import hf_posenc" not in source and "from hf_posenc" not in source
 
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(ids.tolist()), *folders],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = load_without_the_package(folders, ids, tmp_path)
     assert sorted(loaded) == sorted(ENCODINGS)
     for encoding, (logits, generated) in expected.items():
         torch.testing.assert_close(torch.tensor(loaded[encoding]["logits"]), logits, atol=1e-5, rtol=1e-5)

@@ -3,11 +3,7 @@
 References are written here from the papers' formulas with explicit loops, independent of the model code.
 """
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +16,7 @@ from hf_posenc.model import modeling_hf_posenc as modeling
 from hf_posenc.model.data_dependent_hf_posenc import DataDependentBias
 from hf_posenc.model.encodings_hf_posenc import PositionEncoding
 from tests.conftest import cache_of, random_tokens, tiny_config, tiny_model
-from tests.test_core_remote_code import LOADER
+from tests.test_core_remote_code import load_without_the_package
 
 DATA_DEPENDENT = ["fox", "cope"]
 DENSE = ["eager", "sdpa"]
@@ -332,14 +328,7 @@ def test_saved_folders_load_as_remote_code_without_the_package(tmp_path):
                 model(ids).logits,
                 model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False, pad_token_id=0).tolist(),
             )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER, json.dumps(ids.tolist()), *folders],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = load_without_the_package(folders, ids, tmp_path)
     for encoding, (logits, generated) in expected.items():
         torch.testing.assert_close(torch.tensor(loaded[encoding]["logits"]), logits, atol=1e-5, rtol=1e-5)
         assert loaded[encoding]["generated"] == generated
