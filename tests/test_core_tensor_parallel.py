@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ENCODINGS, tiny_model
-from tests.test_training_multiprocess import free_port
+from helpers_multiprocess import free_port
 
 
 @pytest.mark.slow
