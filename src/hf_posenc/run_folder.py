@@ -16,6 +16,7 @@ A study folder (``hf-posenc compare``):
 
     compare_config.yaml   the resolved compare config
     <encoding>/           one model folder per encoding (above)
+    <encoding>-randpos/   the same encoding trained with randomized positions (a compare option), when asked for
     tasks/<encoding>/     the task model of each encoding, with eval.json holding its task accuracies in ``tasks``
     results.json          the records read back from the model folders; timings.json; results.md
 
@@ -75,6 +76,7 @@ STUDY_RESULTS_FILE = "results.json"
 STUDY_TIMINGS_FILE = "timings.json"
 STUDY_MARKDOWN_FILE = "results.md"
 STUDY_TASKS_DIR = "tasks"
+RANDOM_POSITIONS_SUFFIX = "-randpos"  # <encoding>-randpos/: that encoding trained with randomized positions
 TRIALS_FILE = "trials.jsonl"
 
 

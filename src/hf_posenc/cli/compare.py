@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_config_arguments, add_progress_argument, name_flags, parse_set
+from .options import add_config_arguments, add_progress_argument, int_or_text, name_flags, parse_set
 
 
 def register(subparsers) -> None:
@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="train and test every encoding with N seeds (default: the config's seeds); tables give mean ± std")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's)")
+    parser.add_argument("--random-positions", metavar="M",
+                        help="also train every encoding with randomized positions (sorted random subsets of [0, M), "
+                             "Ruoss et al. 2023) as a variant of its own, <encoding>-randpos; M > the block size and "
+                             ">= the longest evaluation length")
+    parser.add_argument("--random-positions-encodings", metavar="A,B,...",
+                        help="only these encodings get the randomized variant (default: every encoding of the study)")
     add_progress_argument(parser)
     parser.set_defaults(handler=run)
 
@@ -38,13 +44,19 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..study.compare import load_compare_config, run_compare
 
-    name_flags(args, {"threads": "--threads", "encodings": "--encodings"})
+    name_flags(args, {"threads": "--threads", "encodings": "--encodings", "random_positions.max": "--random-positions",
+                      "random_positions.encodings": "--random-positions-encodings"})
     name_flags(args, {"overwrite": "--overwrite", "output_dir": "--output-dir"}, only_given=False)  # remedies, named in errors
     overrides = parse_set(args.overrides)
     if args.encodings:
         overrides["encodings"] = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.random_positions is not None:
+        overrides["random_positions.max"] = int_or_text(args.random_positions)  # a non-integer is refused by name
+    if args.random_positions_encodings:
+        overrides["random_positions.encodings"] = [e.strip() for e in args.random_positions_encodings.split(",")
+                                                   if e.strip()]
     if args.seeds is not None:
         if args.seeds < 1:
             raise UsageError(f"--seeds must be an integer >= 1, got {args.seeds}")

@@ -15,10 +15,12 @@ A compare config (YAML) has these keys (``configs/compare-tiny.yaml`` is the emb
     eval:    {lengths, max_tokens, max_windows, stride, batch_size, rope_scaling: [dynamic, ...]}
     tasks:   {tasks, train_min_length, train_max_length, test_lengths, ...}  # hf_posenc.evaluation.tasks.TaskSettings; null skips
     figures: {attention_maps, length, windows}
+    random_positions: {max, encodings}   # null: none; else each listed encoding is also trained with randomized positions
 
 Output directory::
 
     DIR/<encoding>/            model folder (hf-posenc train) with eval.json (hf-posenc eval)
+    DIR/<encoding>-randpos/    the same encoding trained with randomized positions (``random_positions``)
     DIR/<encoding>/eval_variants/rope-<type>.json   evaluations of the rope model with eval-time RoPE scaling
     DIR/tasks/<encoding>/      task model, with eval.json holding its task accuracies
     DIR/results.json           list of records (record_type perplexity | task | training)
@@ -54,6 +56,7 @@ DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
 from ..evaluation.passkey import PasskeySettings
 from .aggregate import per_seed, stat
 from .claims import check_claims, claims_table, perplexity_ratio
+from .variants import StudyModel, study_models
 
 SLIDING_VARIANT = "sliding"  # eval_variants/sliding.json: the sliding-window evaluation of a compare model
 
@@ -190,6 +193,16 @@ class FigureSettings:
 
 
 @dataclass
+class RandomPositionsSettings:
+    """Train encodings a second time with randomized positions (Ruoss et al., 2023), as labelled variants."""
+
+    max: int | None = setting(None, minimum=3)  # M: training positions are sorted random subsets of [0, M); required
+    # which of the study's encodings get a variant; null: every one
+    encodings: list[str] | None = setting(None, choices=available_position_encodings, label="position encoding",
+                                          non_empty=True, unique=True)
+
+
+@dataclass
 class CompareConfig:
     name: str | None = None  # None: the config file's stem
     output_dir: str | None = None
@@ -203,10 +216,16 @@ class CompareConfig:
     tasks: TaskSettings | None = field(default_factory=TaskSettings)  # null: no task study
     figures: FigureSettings = field(default_factory=FigureSettings)
     passkey: PasskeySettings | None = None  # null / absent: no passkey study
+    random_positions: RandomPositionsSettings | None = None  # null / absent: ordinary positions only
     seeds: int = setting(1, minimum=1)  # seeds run.training.seed, +1, ... (and tasks.seed, passkey.seed): one model each
     source: str = field(default="embedded default", init=False, compare=False)  # where it was read, for messages
 
     def cross_check(self, prefix: str = "") -> None:
+        if self.run.training.random_positions_max is not None:  # the plain runs must stay plain: claims read them
+            raise SettingsError(
+                f"{prefix}run.training.random_positions_max is set per model by compare, got "
+                f"{self.run.training.random_positions_max}; use {prefix}random_positions.max to train each encoding "
+                "with and without randomized positions", field=f"{prefix}run.training.random_positions_max")
         for encoding in self.encodings:  # e.g. the block size against learned's max positions
             run = copy.deepcopy(self.run)
             run.model.position_encoding = encoding
@@ -214,6 +233,51 @@ class CompareConfig:
         if self.eval.rope_scaling and "rope" not in self.encodings:
             raise SettingsError(f"{prefix}eval.rope_scaling needs the rope encoding in {prefix}encodings",
                                 field=f"{prefix}eval.rope_scaling")
+        if self.random_positions is not None:
+            self._check_random_positions(prefix)
+
+    def _check_random_positions(self, prefix: str) -> None:
+        settings, name = self.random_positions, f"{prefix}random_positions"
+        if settings.max is None:
+            raise SettingsError(f"{name}.max must be set (an integer > {prefix}run.data.block_size) when "
+                                f"{name} is given; use `{name}=null` for no randomized variants", field=f"{name}.max")
+        outside = [e for e in settings.encodings or [] if e not in self.encodings]
+        if outside:
+            raise SettingsError(f"{name}.encodings: {outside} not in the study's {prefix}encodings {self.encodings}; "
+                                "a variant is trained beside its plain run", field=f"{name}.encodings")
+        block_size, longest = self.run.data.block_size, max(self.eval.lengths)
+        if settings.max <= block_size:
+            raise SettingsError(f"{name}.max must be > {prefix}run.data.block_size ({block_size}), got {settings.max}",
+                                field=f"{name}.max")
+        # Positions at or beyond M are never seen in training: evaluating there would test something else than
+        # the method, whose point is that every test position is drawn during training (Ruoss et al. take M much
+        # larger than the longest test length).
+        if settings.max < longest:
+            raise SettingsError(f"{name}.max must be >= the longest evaluation length {prefix}eval.lengths "
+                                f"({longest}), got {settings.max}: positions from {name}.max on are never seen in training",
+                                field=f"{name}.max")
+        for model in self.models():
+            if not model.randomized:
+                continue
+            run = copy.deepcopy(self.run)
+            run.model.position_encoding, run.training.random_positions_max = model.encoding, model.random_positions_max
+            try:  # the run config's own checks: learned, for one, needs max_position_embeddings >= M
+                run.cross_check(f"{prefix}run.")
+            except SettingsError as error:
+                if not (error.field or "").endswith("training.random_positions_max"):
+                    raise
+                raise SettingsError(
+                    f"{name}.max={settings.max} is beyond the positions the {model.encoding} variant can represent "
+                    f"({prefix}run.model.max_position_embeddings={run.max_positions()}); lower `{name}.max`, raise "
+                    f"{prefix}run.model.max_position_embeddings or leave {model.encoding} out of `{name}.encodings`",
+                    field=f"{name}.max") from error
+
+    def models(self) -> list[StudyModel]:
+        """The language models of the study: every encoding, each followed by its randomized variant if any."""
+        settings = self.random_positions
+        if settings is None:
+            return study_models(self.encodings, [], None)
+        return study_models(self.encodings, settings.encodings or self.encodings, settings.max)
 
     def seed_values(self) -> list[int]:
         return [self.run.training.seed + i for i in range(self.seeds)]
@@ -232,11 +296,13 @@ class CompareConfig:
         settings.seed += index
         return settings
 
-    def run_config_for(self, encoding: str, output_dir: Path, seed_index: int = 0) -> RunConfig:
+    def run_config_for(self, model: StudyModel | str, output_dir: Path, seed_index: int = 0) -> RunConfig:
+        model = StudyModel(model) if isinstance(model, str) else model
         run = copy.deepcopy(self.run)
         run.training.seed += seed_index
-        run.model.position_encoding = encoding
-        run.run_name = f"{self.name}-{encoding}"
+        run.training.random_positions_max = model.random_positions_max
+        run.model.position_encoding = model.encoding
+        run.run_name = f"{self.name}-{model.folder_name}"
         run.output_dir = str(output_dir)
         run.validate()  # e.g. learned needs block_size <= max_position_embeddings
         return run
@@ -332,16 +398,17 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
 
     output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
                                                "compare output directory")
-    runs = {(index, encoding): config.run_config_for(encoding, config.seed_dir(output_dir, index) / encoding, index)
-            for index in range(config.seeds) for encoding in config.encodings}
+    models = config.models()
+    runs = {(index, model): config.run_config_for(model, config.seed_dir(output_dir, index) / model.folder_name, index)
+            for index in range(config.seeds) for model in models}
     if not overwrite:  # refuse stale folders before any work starts
-        for (index, encoding), run in runs.items():
+        for (index, model), run in runs.items():
             saved = Path(run.output_dir) / "run_config.yaml"
             if saved.is_file():
                 differences = run_config_differences(saved, run)
                 if differences:
                     raise SettingsError(
-                        f"{str(saved.parent)!r} holds a {encoding} run with another configuration "
+                        f"{str(saved.parent)!r} holds a {model.label} run with another configuration "
                         f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
                         "retrain it with `overwrite`, or choose another `output_dir`", field="overwrite"
                     )
@@ -353,9 +420,10 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     total_wall, total_cpu = time.perf_counter(), time.process_time()
     reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": [], "passkey": []}
     for seed_index, seed in enumerate(config.seed_values()):
-        for index, encoding in enumerate(config.encodings, 1):
-            tag = f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}"
-            _train_and_evaluate(config, runs[seed_index, encoding], seed_index, tag, timer, reused, overwrite, show_progress)
+        for index, model in enumerate(models, 1):
+            tag = f"[seed {seed}, {index}/{len(models)}] {model.label}"
+            _train_and_evaluate(config, runs[seed_index, model], model, seed_index, tag, timer, reused, overwrite,
+                                show_progress)
         if config.tasks is not None and not skip_tasks:
             for index, encoding in enumerate(config.encodings, 1):
                 task_dir = config.seed_dir(output_dir, seed_index) / "tasks" / encoding
@@ -392,22 +460,23 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
         "reused": reused,
         "torch_threads": torch.get_num_threads(),
     }
-    records += check_claims(records, config.encodings)
+    records += check_claims(records, [model.label for model in models])
     markdown = results_markdown(config, records, timings, files, output_dir)
     run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
 
 
-def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, tag: str, timer: PhaseTimer,
-                        reused: dict, overwrite: bool, show_progress: bool) -> None:
-    """Train one (encoding, seed) model unless finished, then every evaluation of it that is not current."""
+def _train_and_evaluate(config: CompareConfig, run: RunConfig, model: StudyModel, seed_index: int, tag: str,
+                        timer: PhaseTimer, reused: dict, overwrite: bool, show_progress: bool) -> None:
+    """Train one (model, seed) unless finished, then every evaluation of it that is not current."""
     from ..evaluation.perplexity import evaluate_model_dir
     from ..evaluation.position_loss import loss_by_position
     from ..train.engine import train
 
-    model_dir, encoding = Path(run.output_dir), run.model.position_encoding
+    model_dir = Path(run.output_dir)
     summary = model_dir / run_folder.SUMMARY_FILE
-    label = encoding if seed_index == 0 else f"{encoding}@seed{run.training.seed}"  # names in timings.json "reused"
+    # names in timings.json "reused": the folder name, and the seed after the first
+    label = model.folder_name if seed_index == 0 else f"{model.folder_name}@seed{run.training.seed}"
     if summary.is_file() and not overwrite:
         _say(f"{tag}: reusing the trained model in {model_dir}")
         reused["train"].append(label)
@@ -419,7 +488,7 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
     settings = config.eval
     jobs = [(None, settings.stride, None, label)]  # (rope scaling, stride, eval variant, name in timings "reused")
     jobs += [(scaling, settings.stride, f"rope-{scaling}", f"{label}+{scaling}")
-             for scaling in (settings.rope_scaling if encoding == "rope" else [])]
+             for scaling in _rope_scalings(config, model)]
     if settings.sliding_stride is not None:
         jobs.append((None, settings.sliding_stride, SLIDING_VARIANT, f"{label}+sliding"))
     for scaling, stride, variant, job in jobs:
@@ -440,6 +509,12 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, seed_index: int, 
                              batch_size=settings.batch_size)
 
 
+def _rope_scalings(config: CompareConfig, model: StudyModel) -> list[str]:
+    """The eval-time RoPE scalings of a model: the plain rope model's only (a randomized variant has trained the
+    positions it is evaluated at, so it needs no scaling)."""
+    return config.eval.rope_scaling if model.encoding == "rope" and not model.randomized else []
+
+
 def _position_loss_is_current(path: Path, summary: Path, settings: EvalSettings) -> bool:
     if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
         return False
@@ -453,8 +528,9 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
     records = []
     for seed_index, seed in enumerate(config.seed_values()):
         root = config.seed_dir(output_dir, seed_index)
+        for model in config.models():
+            records += _model_records(config, root / model.folder_name, model, seed)
         for encoding in config.encodings:
-            records += _model_records(config, root / encoding, encoding, seed)
             task_eval = root / "tasks" / encoding / "eval.json"
             if config.tasks is not None and not skip_tasks and task_eval.is_file():
                 for row in run_folder.read_eval(task_eval, encoding)["tasks"]:
@@ -470,21 +546,25 @@ def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = 
     return records
 
 
-def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: int) -> list[dict]:
+def _model_records(config: CompareConfig, model_dir: Path, model: StudyModel, seed: int) -> list[dict]:
+    """Perplexity, position-loss and training records of one model folder; ``label`` and ``random_positions_max``
+    tell a randomized variant from its plain run, which shares its ``position_encoding``."""
     records = []
+    encoding, randomized = model.encoding, model.random_positions_max
     summary = run_folder.read_train_summary(model_dir) or {}
-    variants = [None] + ([f"rope-{scaling}" for scaling in config.eval.rope_scaling] if encoding == "rope" else [])
+    variants = [None] + [f"rope-{scaling}" for scaling in _rope_scalings(config, model)]
     if config.eval.sliding_stride is not None:
         variants.append(SLIDING_VARIANT)
     for variant in variants:
         evaluation = run_folder.read_eval(run_folder.default_eval_path(model_dir, variant), encoding)
         scaling = evaluation.get("rope_scaling")
         sliding = variant == SLIDING_VARIANT
-        label = encoding if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
+        label = model.label if not scaling else f"{encoding} + {scaling['rope_type']} x{scaling['factor']:g}"
         for row in evaluation["results"]:
             records.append({
                 "record_type": "perplexity", "position_encoding": encoding, "label": label, "seed": seed,
                 "sliding": sliding, "stride": evaluation.get("stride"), "rope_scaling": scaling,
+                "random_positions_max": randomized,
                 "eval_length": row["eval_length"], "train_length": evaluation.get("train_length"),
                 "perplexity": row["perplexity"], "loss": row["loss"], "num_tokens": row["num_tokens"],
                 "status": row["status"], "reason": row["reason"],
@@ -493,11 +573,13 @@ def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: 
     if config.eval.position_loss and position_file.is_file():
         for row in run_folder.read_position_loss(position_file)["results"]:
             if row["status"] == "ok":
-                records.append({"record_type": "position_loss", "position_encoding": encoding, "seed": seed,
+                records.append({"record_type": "position_loss", "position_encoding": encoding, "label": model.label,
+                                "random_positions_max": randomized, "seed": seed,
                                 "eval_length": row["eval_length"], "num_windows": row["num_windows"],
                                 "buckets": row["buckets"]})
     records.append({
-        "record_type": "training", "position_encoding": encoding, "seed": seed,
+        "record_type": "training", "position_encoding": encoding, "label": model.label,
+        "random_positions_max": randomized, "seed": seed,
         "final_loss": summary.get("final_loss"), "final_eval_loss": summary.get("final_eval_loss"),
         "train_runtime_s": summary.get("train_runtime_s"), "num_parameters": summary.get("num_parameters"),
         "tokens_seen": summary.get("tokens_seen"), "max_steps": summary.get("max_steps"),
@@ -507,11 +589,14 @@ def _model_records(config: CompareConfig, model_dir: Path, encoding: str, seed: 
 
 
 def write_plots(config: CompareConfig, output_dir: Path, records: list[dict]) -> list[Path]:
-    from .plots import plot_loss_by_position, plot_loss_curves, plot_passkey_heatmaps, plot_perplexity_vs_length, plot_task_accuracy
+    from .plots import (line_style, plot_loss_by_position, plot_loss_curves, plot_passkey_heatmaps,
+                        plot_perplexity_vs_length, plot_task_accuracy)
 
+    models = config.models()
     files = [
-        plot_loss_curves({e: output_dir / e for e in config.encodings}, output_dir / "loss_curves.png",
-                         title=f"{config.name}: language-model training ({config.run.data.block_size}-token sequences)"),
+        plot_loss_curves({m.label: output_dir / m.folder_name for m in models}, output_dir / "loss_curves.png",
+                         title=f"{config.name}: language-model training ({config.run.data.block_size}-token sequences)",
+                         styles={m.label: line_style(m.encoding, randomized=m.randomized) for m in models}),
         plot_perplexity_vs_length(records, output_dir / "perplexity_vs_length.png", config.run.data.block_size,
                                   title=f"{config.name}: perplexity by evaluation length (mean ± std over seeds)"),
     ]
@@ -611,12 +696,12 @@ def passkey_table(records: list[dict]) -> str:
 
 
 def training_table(records: list[dict]) -> str:
-    lines = ["| encoding | parameters | final train loss | final validation loss | training time per seed (s) |",
+    lines = ["| model | parameters | final train loss | final validation loss | training time per seed (s) |",
              "|---|---:|---:|---:|---:|"]
     rows = [r for r in records if r["record_type"] == "training"]
-    for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
-        mine = [r for r in rows if r["position_encoding"] == encoding]
-        lines.append(f"| {encoding} | {mine[0]['num_parameters']:,} | {stat(r['final_loss'] for r in mine).format(3)} | "
+    for label in dict.fromkeys(r.get("label") or r["position_encoding"] for r in rows):
+        mine = [r for r in rows if (r.get("label") or r["position_encoding"]) == label]
+        lines.append(f"| {label} | {mine[0]['num_parameters']:,} | {stat(r['final_loss'] for r in mine).format(3)} | "
                      f"{stat(r['final_eval_loss'] for r in mine).format(3)} | "
                      f"{stat(r['train_runtime_s'] for r in mine).format(1)} |")
     return "\n".join(lines)

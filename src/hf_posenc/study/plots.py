@@ -28,6 +28,18 @@ def encoding_color(encoding: str) -> str:
     return _EXTRA_COLORS[sum(map(ord, encoding)) % len(_EXTRA_COLORS)]
 
 
+def line_style(encoding: str, *, randomized: bool = False, scaled: bool = False) -> dict:
+    """Line keywords of one model: the encoding's colour; dashed with eval-time RoPE scaling, dash-dotted when
+    trained with randomized positions (a variant keeps its encoding's colour, so the pair reads together)."""
+    return {"color": encoding_color(encoding), "linestyle": "--" if scaled else "-." if randomized else "-"}
+
+
+def record_line_style(record: dict) -> dict:
+    """``line_style`` of the model a results.json record belongs to."""
+    return line_style(record["position_encoding"], randomized=record.get("random_positions_max") is not None,
+                      scaled=bool(record.get("rope_scaling")))
+
+
 def new_figure(width: float, height: float):
     """A figure on the Agg canvas (no GUI backend, safe in threads and headless machines)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -54,18 +66,20 @@ def read_metrics(model_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return [row for row in rows if "loss" in row], [row for row in rows if "eval_loss" in row]
 
 
-def plot_loss_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "Language-model training") -> Path:
-    """Training and validation loss by step, one line per encoding (``runs``: encoding -> model folder)."""
+def plot_loss_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "Language-model training",
+                     styles: Mapping[str, dict] | None = None) -> Path:
+    """Training and validation loss by step, one line per model (``runs``: label -> model folder; ``styles``:
+    label -> ``line_style(...)``, by default the colour of the encoding the label names)."""
     figure = new_figure(10, 3.8)
     train_ax, valid_ax = figure.subplots(1, 2)
-    for encoding, model_dir in runs.items():
+    for label, model_dir in runs.items():
         train, valid = read_metrics(model_dir)
-        color = encoding_color(encoding)
+        style = (styles or {}).get(label) or line_style(label)
         if train:
-            train_ax.plot([r["step"] for r in train], [r["loss"] for r in train], color=color, label=encoding)
+            train_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label=label, **style)
         if valid:
-            valid_ax.plot([r["step"] for r in valid], [r["eval_loss"] for r in valid], color=color, marker="o",
-                          markersize=3, label=encoding)
+            valid_ax.plot([r["step"] for r in valid], [r["eval_loss"] for r in valid], marker="o", markersize=3,
+                          label=label, **style)
     for ax, name in ((train_ax, "training loss"), (valid_ax, "validation loss")):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(f"{name} (nats/token)")
@@ -90,10 +104,8 @@ def plot_perplexity_vs_length(records: Sequence[dict], path: str | Path, train_l
         points = _mean_and_std(rows, "eval_length", "perplexity")  # over seeds
         missing = sorted({r["eval_length"] for r in rows} - {x for x, _, _ in points})
         legend = label + (f" (no value at {', '.join(map(str, missing))})" if missing else "")
-        scaled = bool(rows[0].get("rope_scaling"))
         ax.errorbar([x for x, _, _ in points], [m for _, m, _ in points], yerr=[e for _, _, e in points], marker="o",
-                    markersize=4, capsize=3, color=encoding_color(rows[0]["position_encoding"]),
-                    linestyle="--" if scaled else "-", label=legend)
+                    markersize=4, capsize=3, label=legend, **record_line_style(rows[0]))
     if train_length:
         ax.axvline(train_length, color="grey", linestyle=":", label=f"training length ({train_length})")
     ax.set_xscale("log", base=2)
@@ -140,19 +152,21 @@ def plot_task_accuracy(records: Sequence[dict], path: str | Path, train_range: t
 
 def plot_loss_by_position(records: Sequence[dict], path: str | Path, train_length: int | None = None,
                           title: str = "Loss by position inside the evaluation window") -> Path:
-    """One panel per evaluation length: mean loss (over seeds) of each position bucket, one line per encoding."""
+    """One panel per evaluation length: mean loss (over seeds) of each position bucket, one line per model
+    (``label``: an encoding or its randomized-positions variant)."""
     rows = [r for r in records if r.get("record_type") == "position_loss"]
     lengths = sorted({r["eval_length"] for r in rows})
     figure = new_figure(3.6 * max(1, len(lengths)), 3.6)
     axes = figure.subplots(1, max(1, len(lengths)), squeeze=False, sharey=True)[0]
     for ax, length in zip(axes, lengths):
-        for encoding in dict.fromkeys(r["position_encoding"] for r in rows):
-            seeds = [r["buckets"] for r in rows if r["eval_length"] == length and r["position_encoding"] == encoding]
-            if not seeds:
+        for label in dict.fromkeys(_label(r) for r in rows):
+            mine = [r for r in rows if r["eval_length"] == length and _label(r) == label]
+            if not mine:
                 continue
+            seeds = [r["buckets"] for r in mine]
             centers = [(b["first"] + b["last"]) / 2 for b in seeds[0]]
             means = [sum(s[i]["loss"] for s in seeds) / len(seeds) for i in range(len(centers))]
-            ax.plot(centers, means, color=encoding_color(encoding), label=encoding)
+            ax.plot(centers, means, label=label, **record_line_style(mine[0]))
         if train_length and train_length < length:
             ax.axvline(train_length, color="grey", linestyle=":", label=f"training length ({train_length})")
         ax.set_title(f"{length}-token windows")
@@ -193,6 +207,10 @@ def plot_passkey_heatmaps(records: Sequence[dict], path: str | Path, train_conte
         figure.colorbar(image, ax=list(axes[: len(encodings)]), shrink=0.8, label="exact-match accuracy")
     figure.suptitle(title)
     return save(figure, path)
+
+
+def _label(record: dict) -> str:
+    return record.get("label") or record["position_encoding"]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -280,4 +298,5 @@ __all__ = [
     "plot_passkey_heatmaps",
     "plot_sweep",
     "encoding_color",
+    "line_style",
 ]
