@@ -97,3 +97,37 @@ def test_every_claim_names_its_source_and_numbers():
     assert len({c.id for c in CLAIMS}) == len(CLAIMS)
     for claim in CLAIMS:
         assert claim.source and claim.published and claim.test and claim.needs
+
+
+def randomized(record, label):
+    """``record`` as if measured on the randomized-positions variant of its encoding."""
+    return {**record, "label": label if record["record_type"] == "perplexity" else record.get("label"),
+            "random_positions_max": 1024}
+
+
+def test_randomized_variants_never_change_the_other_verdicts():
+    base = study(sinusoidal_at_train=10.4)
+    # variants that would flip every claim if they were read as the plain runs: NoPE forgets how to copy, rope explodes
+    variants = [randomized({**r, "accuracy": 0.0} if r["record_type"] == "task" else
+                           {**r, "perplexity": r["perplexity"] and r["perplexity"] * 50}, f"{r['position_encoding']} + random positions")
+                for r in base]
+    with_variants = check_claims(base + variants, ENCODINGS + ["rope + random positions"])
+    alone = check_claims(base, ENCODINGS)
+    for row, expected in zip(with_variants, alone):
+        if row["claim"] != "random_positions_help_rope":
+            assert (row["claim"], row["measured"], row["verdict"]) == (expected["claim"], expected["measured"], expected["verdict"])
+
+
+@pytest.mark.parametrize("variant_at_long, expected", [(11.0, "agrees"), (30.0, "disagrees")])
+def test_random_positions_claim_compares_the_variant_with_its_plain_run(variant_at_long, expected):
+    records = study(sinusoidal_at_train=10.4)
+    for i, seed in enumerate((0, 1, 2)):  # plain rope: 10 at L, 17 at 8L
+        jitter = 0.05 * (i - 1)
+        for length, value in ((128, 10.0), (1024, variant_at_long)):
+            records.append(randomized(ppl("rope", length, value + jitter, seed), "rope + random positions"))
+    rows = {r["claim"]: r for r in check_claims(records, ENCODINGS + ["rope + random positions"])}
+    row = rows["random_positions_help_rope"]
+    assert row["verdict"] == expected and row["measured"]["n"] == 3
+    assert row["measured"]["mean"] == pytest.approx(1.7 - variant_at_long / 10.0, abs=0.02)
+    missing = {r["claim"]: r for r in check_claims(records, ENCODINGS)}["random_positions_help_rope"]
+    assert missing["verdict"] == "inconclusive" and "rope + random positions" in missing["note"]

@@ -159,6 +159,9 @@ figures:
   attention_maps: true   # average attention of the trained models (eager attention, validation text)
   length: null           # window length of the attention maps; null = the training length
   windows: 8
+
+random_positions: null   # {max: M, encodings: [...]}: also train the listed encodings (absent: all) with randomized
+                         # positions in [0, M) (Ruoss et al. 2023), as variants <encoding>-randpos/ (--random-positions M)
 """
 
 
@@ -741,6 +744,13 @@ def results_markdown(config: CompareConfig, records: list[dict], timings: dict, 
         "`unsupported`: the encoding cannot represent that many positions (learned beyond max_position_embeddings).",
         "",
     ]
+    if config.random_positions is not None:
+        parts += [
+            f"`<encoding> + random positions`: the same encoding, data, budget and seeds, trained with each row's "
+            f"positions drawn as a sorted random subset of [0, {config.random_positions.max}) (Ruoss et al. 2023); "
+            "evaluated with ordinary positions like every other model.",
+            "",
+        ]
     claim_records = [r for r in records if r["record_type"] == "claim"]
     if claim_records:
         parts += [
