@@ -105,17 +105,22 @@ def randomized(record, label):
             "random_positions_max": 1024}
 
 
+def spoiled(record):
+    """A record that would flip the claims if read as a plain run: NoPE forgets how to copy, perplexity explodes."""
+    if record["record_type"] == "task":
+        return {**record, "accuracy": 0.0}
+    return {**record, "perplexity": record["perplexity"] and record["perplexity"] * 50}
+
+
 def test_randomized_variants_never_change_the_other_verdicts():
     base = study(sinusoidal_at_train=10.4)
-    # variants that would flip every claim if they were read as the plain runs: NoPE forgets how to copy, rope explodes
-    variants = [randomized({**r, "accuracy": 0.0} if r["record_type"] == "task" else
-                           {**r, "perplexity": r["perplexity"] and r["perplexity"] * 50}, f"{r['position_encoding']} + random positions")
-                for r in base]
+    variants = [randomized(spoiled(r), f"{r['position_encoding']} + random positions") for r in base]
     with_variants = check_claims(base + variants, ENCODINGS + ["rope + random positions"])
     alone = check_claims(base, ENCODINGS)
     for row, expected in zip(with_variants, alone):
         if row["claim"] != "random_positions_help_rope":
-            assert (row["claim"], row["measured"], row["verdict"]) == (expected["claim"], expected["measured"], expected["verdict"])
+            assert (row["claim"], row["measured"], row["verdict"]) == (
+                expected["claim"], expected["measured"], expected["verdict"])
 
 
 @pytest.mark.parametrize("variant_at_long, expected", [(11.0, "agrees"), (30.0, "disagrees")])

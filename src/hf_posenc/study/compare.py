@@ -257,8 +257,8 @@ class CompareConfig:
         # larger than the longest test length).
         if settings.max < longest:
             raise SettingsError(f"{name}.max must be >= the longest evaluation length {prefix}eval.lengths "
-                                f"({longest}), got {settings.max}: positions from {name}.max on are never seen in training",
-                                field=f"{name}.max")
+                                f"({longest}), got {settings.max}: positions from {name}.max on are never seen in "
+                                "training", field=f"{name}.max")
         for model in self.models():
             if not model.randomized:
                 continue
