@@ -29,7 +29,11 @@ def register(subparsers) -> None:
     parser.add_argument("--skip-figures", action="store_true", help="no encoding / attention figures (plots are still drawn)")
     parser.add_argument("--seeds", type=int, metavar="N",
                         help="train and test every encoding with N seeds (default: the config's seeds); tables give mean ± std")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: the config's, else torch's)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads per process (default: the config's, else the cores divided among workers)")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="train and test models in N processes side by side (default: the config's, else one per "
+                             "CPU core); the results do not depend on it")
     parser.add_argument("--random-positions", metavar="M",
                         help="also train every encoding with randomized positions (sorted random subsets of [0, M), "
                              "Ruoss et al. 2023) as a variant of its own, <encoding>-randpos; M > the block size and "
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..study.compare import load_compare_config, run_compare
 
-    name_flags(args, {"threads": "--threads", "encodings": "--encodings", "random_positions.max": "--random-positions",
+    name_flags(args, {"threads": "--threads", "workers": "--workers", "encodings": "--encodings", "random_positions.max": "--random-positions",
                       "random_positions.encodings": "--random-positions-encodings"})
     name_flags(args, {"overwrite": "--overwrite", "output_dir": "--output-dir"}, only_given=False)  # remedies, named in errors
     overrides = parse_set(args.overrides)
@@ -52,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["encodings"] = [e.strip() for e in args.encodings.split(",") if e.strip()]
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if args.random_positions is not None:
         overrides["random_positions.max"] = int_or_text(args.random_positions)  # a non-integer is refused by name
     if args.random_positions_encodings:

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,9 +54,9 @@ DEFAULT_CONFIG_NAME = "compare-tiny.yaml"
 from ..evaluation.passkey import PasskeySettings
 from .aggregate import per_seed, stat
 from .claims import check_claims, claims_table, perplexity_ratio
+from .jobs import SLIDING_VARIANT, default_workers, rope_scalings, run_jobs, study_jobs
 from .variants import StudyModel, study_models
 
-SLIDING_VARIANT = "sliding"  # eval_variants/sliding.json: the sliding-window evaluation of a compare model
 
 # The default study, embedded so that `hf-posenc compare` works from any directory and from a wheel.
 # configs/compare-tiny.yaml is the same text (a test checks it).
@@ -72,8 +70,9 @@ name: compare-tiny
 output_dir: runs/compare-tiny
 encodings: [sinusoidal, learned, rope, alibi, t5_bias, nope]
 seeds: 2                 # every model trained and tested with seeds 0 and 1: tables give mean ± std (--seeds N)
-threads: 1               # torch CPU threads. One: these models are too small to gain much from a second
-                         # thread, and on a busy machine two threads spinning at every op can be 10x slower
+workers: null            # processes training and testing models side by side; null: one per CPU core
+threads: 1               # torch CPU threads per process. One: these models are too small to gain much from a
+                         # second thread, and on a busy machine two threads spinning at every op can be 10x slower
 
 run:                     # a run config as in configs/tiny.yaml; model.position_encoding is set per encoding
   model:
@@ -213,7 +212,9 @@ class CompareConfig:
     encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
                                    choices=available_position_encodings, label="position encoding", non_empty=True,
                                    unique=True)
-    threads: int | None = setting(None, minimum=1)
+    threads: int | None = setting(None, minimum=1)  # torch threads per process (null: the cores divided among workers)
+    # processes that train and test models side by side (null: one per CPU core); the results do not depend on it
+    workers: int | None = setting(1, minimum=1)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
     tasks: TaskSettings | None = field(default_factory=TaskSettings)  # null: no task study
@@ -351,43 +352,7 @@ def run_config_differences(saved_path: Path, current: RunConfig) -> list[str]:
     return differences
 
 
-def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_scaling: str | None,
-                     stride: int | None) -> bool:
-    if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
-        return False
-    saved = run_folder.read_eval(path)
-    scaling = saved.get("rope_scaling") or {}
-    return (
-        [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths
-        and saved.get("stride") == stride
-        and saved.get("max_tokens") == settings.max_tokens
-        and saved.get("max_windows") == settings.max_windows
-        and scaling.get("rope_type") == rope_scaling
-    )
-
-
 # ---- the run --------------------------------------------------------------------------------------------
-class PhaseTimer:
-    """Wall-clock and process CPU time per phase (CPU time counts every thread of this process)."""
-
-    def __init__(self):
-        self.phases: dict[str, dict] = {}
-
-    @contextmanager
-    def phase(self, name: str):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            entry = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
-            entry["wall_s"] += time.perf_counter() - wall
-            entry["cpu_s"] += time.process_time() - cpu
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, overwrite: bool = False,
                 show_progress: bool = True, skip_tasks: bool = False, skip_figures: bool = False) -> dict:
     """Train, evaluate and test every encoding of ``config``; write results, tables and plots.
@@ -395,9 +360,6 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     Returns ``{"records", "timings", "output_dir", "files"}``.
     """
     import torch
-
-    from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
-    from ..evaluation.tasks import run_task_study, task_dir_is_complete
 
     output_dir = run_folder.check_writable_dir(output_dir or config.output_dir or f"runs/{config.name}",
                                                "compare output directory")
@@ -415,115 +377,35 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
                         f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); "
                         "retrain it with `overwrite`, or choose another `output_dir`", field="overwrite"
                     )
+    jobs = study_jobs(config, skip_tasks)
+    workers = config.workers or default_workers(len(jobs))
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     output_dir.mkdir(parents=True, exist_ok=True)
     run_folder.write_study_config(output_dir, config.to_dict())
-    timer = PhaseTimer()
     total_wall, total_cpu = time.perf_counter(), time.process_time()
-    reused: dict[str, list[str]] = {"train": [], "eval": [], "tasks": [], "passkey": []}
-    for seed_index, seed in enumerate(config.seed_values()):
-        for index, model in enumerate(models, 1):
-            tag = f"[seed {seed}, {index}/{len(models)}] {model.label}"
-            _train_and_evaluate(config, runs[seed_index, model], model, seed_index, tag, timer, reused, overwrite,
-                                show_progress)
-        if config.tasks is not None and not skip_tasks:
-            for index, encoding in enumerate(config.encodings, 1):
-                task_dir = config.seed_dir(output_dir, seed_index) / "tasks" / encoding
-                settings = config.task_settings_for(seed_index)
-                if not overwrite and task_dir_is_complete(task_dir, encoding, settings):
-                    reused["tasks"].append(encoding if seed_index == 0 else f"{encoding}@seed{settings.seed}")
-                else:
-                    _say(f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}: synthetic tasks {settings.tasks} "
-                         f"(train lengths {settings.train_min_length}-{settings.train_max_length})")
-                with timer.phase("tasks"):
-                    run_task_study(encoding, settings, task_dir, overwrite=overwrite, show_progress=show_progress)
-        if config.passkey is not None and not skip_tasks:
-            for index, encoding in enumerate(config.encodings, 1):
-                passkey_dir = config.seed_dir(output_dir, seed_index) / "passkey" / encoding
-                settings = config.passkey_settings_for(seed_index)
-                if not overwrite and passkey_dir_is_complete(passkey_dir, encoding, settings):
-                    reused["passkey"].append(encoding if seed_index == 0 else f"{encoding}@seed{settings.seed}")
-                    continue
-                _say(f"[seed {seed}, {index}/{len(config.encodings)}] {encoding}: passkey retrieval "
-                     f"(trained on contexts up to {settings.train_context}, tested at {settings.test_contexts})")
-                with timer.phase("passkey"):
-                    run_passkey_study(encoding, settings, passkey_dir, overwrite=overwrite, show_progress=show_progress)
+    report = run_jobs(config, output_dir, jobs, workers=workers, overwrite=overwrite, show_progress=show_progress)
 
     records = collect_records(config, output_dir, skip_tasks=skip_tasks)
     files = []
-    with timer.phase("plots"):
+    with report.phase("plots"):
         files += write_plots(config, output_dir, records)
     if not skip_figures:
-        with timer.phase("figures"):
+        with report.phase("figures"):
             files += write_figures(config, output_dir, show_progress=show_progress)
     timings = {
-        "phases": timer.phases,
+        # Per phase: summed over the jobs, so with several workers the phases add up to more than the total wall.
+        "phases": report.phases,
+        # This process's wall and CPU time; the workers' CPU time is in the phases.
         "total": {"wall_s": time.perf_counter() - total_wall, "cpu_s": time.process_time() - total_cpu},
-        "reused": reused,
+        "reused": report.reused,
         "torch_threads": torch.get_num_threads(),
+        "workers": workers,
     }
     records += check_claims(records, [model.label for model in models])
     markdown = results_markdown(config, records, timings, files, output_dir)
     run_folder.write_study_results(output_dir, records, timings, markdown)
     return {"records": records, "timings": timings, "output_dir": output_dir, "files": files, "markdown": markdown}
-
-
-def _train_and_evaluate(config: CompareConfig, run: RunConfig, model: StudyModel, seed_index: int, tag: str,
-                        timer: PhaseTimer, reused: dict, overwrite: bool, show_progress: bool) -> None:
-    """Train one (model, seed) unless finished, then every evaluation of it that is not current."""
-    from ..evaluation.perplexity import evaluate_model_dir
-    from ..evaluation.position_loss import loss_by_position
-    from ..train.engine import train
-
-    model_dir = Path(run.output_dir)
-    summary = model_dir / run_folder.SUMMARY_FILE
-    # names in timings.json "reused": the folder name, and the seed after the first
-    label = model.folder_name if seed_index == 0 else f"{model.folder_name}@seed{run.training.seed}"
-    if summary.is_file() and not overwrite:
-        _say(f"{tag}: reusing the trained model in {model_dir}")
-        reused["train"].append(label)
-    else:
-        _say(f"{tag}: training ({run.training.max_steps} steps)")
-        partial = (model_dir / "run_config.yaml").is_file() and not overwrite
-        with timer.phase("train"):
-            train(run, model_dir, resume=partial, overwrite=overwrite, show_progress=show_progress)
-    settings = config.eval
-    jobs = [(None, settings.stride, None, label)]  # (rope scaling, stride, eval variant, name in timings "reused")
-    jobs += [(scaling, settings.stride, f"rope-{scaling}", f"{label}+{scaling}")
-             for scaling in _rope_scalings(config, model)]
-    if settings.sliding_stride is not None:
-        jobs.append((None, settings.sliding_stride, SLIDING_VARIANT, f"{label}+sliding"))
-    for scaling, stride, variant, job in jobs:
-        path = run_folder.default_eval_path(model_dir, variant)
-        if not overwrite and _eval_is_current(path, summary, settings, scaling, stride):
-            reused["eval"].append(job)
-            continue
-        _say(f"{tag}: perplexity at {settings.lengths}" + (f" with RoPE {scaling} scaling" if scaling else "")
-             + (f", sliding windows (stride {stride})" if stride else ""))
-        with timer.phase("eval"):
-            evaluate_model_dir(model_dir, settings.lengths, stride=stride, max_tokens=settings.max_tokens,
-                               max_windows=settings.max_windows, batch_size=settings.batch_size, rope_scaling=scaling,
-                               output=path, show_progress=show_progress)
-    position_file = model_dir / run_folder.POSITION_LOSS_FILE
-    if settings.position_loss and (overwrite or not _position_loss_is_current(position_file, summary, settings)):
-        with timer.phase("eval"):
-            loss_by_position(model_dir, settings.lengths, max_windows=settings.position_loss_windows,
-                             batch_size=settings.batch_size)
-
-
-def _rope_scalings(config: CompareConfig, model: StudyModel) -> list[str]:
-    """The eval-time RoPE scalings of a model: the plain rope model's only (a randomized variant has trained the
-    positions it is evaluated at, so it needs no scaling)."""
-    return config.eval.rope_scaling if model.encoding == "rope" and not model.randomized else []
-
-
-def _position_loss_is_current(path: Path, summary: Path, settings: EvalSettings) -> bool:
-    if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
-        return False
-    saved = run_folder.read_position_loss(path)
-    return (saved.get("max_windows") == settings.position_loss_windows
-            and [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths)
 
 
 def collect_records(config: CompareConfig, output_dir: Path, skip_tasks: bool = False) -> list[dict]:
@@ -555,7 +437,7 @@ def _model_records(config: CompareConfig, model_dir: Path, model: StudyModel, se
     records = []
     encoding, randomized = model.encoding, model.random_positions_max
     summary = run_folder.read_train_summary(model_dir) or {}
-    variants = [None] + [f"rope-{scaling}" for scaling in _rope_scalings(config, model)]
+    variants = [None] + [f"rope-{scaling}" for scaling in rope_scalings(config, model)]
     if config.eval.sliding_stride is not None:
         variants.append(SLIDING_VARIANT)
     for variant in variants:
