@@ -1,9 +1,10 @@
 """``hf-posenc compare``: one model per position encoding, same data, budget, seeds and tokenizer; then
 perplexity by evaluation length, the synthetic tasks, plots and a results table.
 
-Longer than 400 lines because it holds the config, the per-seed orchestration and the markdown tables of one
-command; the tables are the next thing to move out (a ``study/tables.py``), claims and seed statistics already
-live in ``claims.py`` and ``aggregate.py``.
+Longer than 400 lines because it holds the config, the records and the markdown tables of one command; the
+tables are the next thing to move out (a ``study/tables.py``). The work itself (training, evaluating, the task
+and passkey models) is a list of independent jobs in ``jobs.py``, run in worker processes; claims and seed
+statistics live in ``claims.py`` and ``aggregate.py``.
 
 A compare config (YAML) has these keys (``configs/compare-tiny.yaml`` is the embedded default)::
 
