@@ -46,7 +46,7 @@ from .. import run_folder
 from ..errors import SettingsError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES
 from ..evaluation.tasks import TaskSettings
-from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, available_position_encodings
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, position_encoding_class
 from ..settings import apply_overrides, load_settings, parse_yaml, read_settings_file, setting, to_dict
 from ..train.run_config import RunConfig
 
@@ -195,7 +195,7 @@ class CompareConfig:
     output_dir: str | None = None
     # absent from the file: every built-in encoding
     encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
-                                   choices=available_position_encodings, label="position encoding", non_empty=True,
+                                   check=position_encoding_class, label="position encoding", non_empty=True,
                                    unique=True)
     threads: int | None = setting(None, minimum=1)
     run: RunConfig = field(default_factory=RunConfig)
