@@ -21,7 +21,10 @@ EXTRAPOLATING_ENCODINGS = [name for name in ENCODINGS if position_encoding_class
 
 def pattern_period(position_encoding) -> int:
     """Layers in one period of a per-layer pattern (1 for a single encoding)."""
-    pattern = position_encoding_class(position_encoding).pattern if position_encoding in ENCODINGS else None
+    try:
+        pattern = position_encoding_class(position_encoding).pattern
+    except ValueError:  # a bad name: the config under test reports it
+        return 1
     return len(pattern) if pattern else 1
 
 
