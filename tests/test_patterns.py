@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from helpers_length_generalization import is_png, tiny_run_section, tiny_task_section, write_text_folder
 from helpers_model_dir import build_model_dir
 
 from hf_posenc import PositionEncoding, register_position_encoding, unregister_position_encoding
@@ -26,6 +27,7 @@ from hf_posenc.model.encodings_hf_posenc import (
     build_position_encoding,
     position_encoding_class,
 )
+from hf_posenc.study.compare import compare_config_from_dict, run_compare
 from hf_posenc.study.figures import distance_profile, reference_config
 from hf_posenc.study.plots import encoding_color
 from hf_posenc.study.sweep_config import sweep_config_from_dict
@@ -265,6 +267,26 @@ def test_distance_profile_draws_every_part():
     assert labels[0] == "alibi: head 0" and labels[-1] == "rope: q = k (constant vector)"
     assert len(labels) == 8 + 1 and all(len(values) == 33 for _, values in profile["curves"])
     assert "score bias" in profile["ylabel"] and "q.k similarity" in profile["ylabel"]
+
+
+# ---- compare ---------------------------------------------------------------------------------------------------
+def test_compare_runs_a_pattern_and_refuses_one_its_task_models_cannot_hold(tmp_path):
+    run = tiny_run_section(write_text_folder(tmp_path / "text"), tmp_path / "cache", steps=2)
+    run["model"]["num_hidden_layers"] = 4
+    with pytest.raises(SettingsError, match=r"tasks: invalid task model: position_encoding='rope\+rope\+rope\+nope' "
+                                            r"repeats every 4 layers, but with num_hidden_layers=1 no layer uses"):
+        compare_config_from_dict({"encodings": ["rope+rope+rope+nope"], "run": run, "tasks": tiny_task_section()})
+
+    run["model"]["num_hidden_layers"] = 2
+    config = compare_config_from_dict({
+        "name": "patterns", "encodings": ["alibi+rope"], "run": run, "tasks": None,
+        "eval": {"lengths": [32, 64], "max_windows": 1, "batch_size": 2}, "figures": {"attention_maps": False},
+    })
+    run_compare(config, tmp_path / "out", show_progress=False)
+    records = json.loads((tmp_path / "out" / "results.json").read_text())
+    perplexity = [r for r in records if r["record_type"] == "perplexity" and r["status"] == "ok"]
+    assert {r["position_encoding"] for r in perplexity} == {"alibi+rope"} and len(perplexity) == 2
+    assert is_png(tmp_path / "out" / "encoding_distance_profiles.png")
 
 
 # ---- the Hub ---------------------------------------------------------------------------------------------------
