@@ -5,14 +5,27 @@ import torch
 
 import hf_posenc  # noqa: F401  (registers the Auto classes)
 from hf_posenc import PosEncConfig
-from hf_posenc.model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, POSITION_ENCODINGS, PositionEncoding
+from hf_posenc.model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, position_encoding_class
 
 # Every built-in encoding, from the registry: a new built-in is tested everywhere with no edit here.
-ENCODINGS = list(BUILTIN_POSITION_ENCODINGS)
+NAMES = list(BUILTIN_POSITION_ENCODINGS)
+# Per-layer patterns, with the same guarantees: rotary and NoPE layers (Llama 4), a bias and a rotation, a learned
+# bias shared by its layers. tiny_config gives a pattern at least one period of layers.
+PATTERNS = ["rope+rope+rope+nope", "alibi+rope", "kerple_log+nope"]
+ENCODINGS = NAMES + PATTERNS
 # Those that add a bias to the attention scores (the FlexAttention score_mod / folded-mask paths).
-BIAS_ENCODINGS = [name for name in ENCODINGS if POSITION_ENCODINGS[name].score_bias is not PositionEncoding.score_bias]
+BIAS_ENCODINGS = [name for name in ENCODINGS if position_encoding_class(name).acts_at("score_bias")]
 # Those defined at any position (all but learned).
-EXTRAPOLATING_ENCODINGS = [name for name in ENCODINGS if POSITION_ENCODINGS[name].extrapolates]
+EXTRAPOLATING_ENCODINGS = [name for name in ENCODINGS if position_encoding_class(name).extrapolates]
+
+
+def pattern_period(position_encoding) -> int:
+    """Layers in one period of a per-layer pattern (1 for a single encoding)."""
+    try:
+        pattern = position_encoding_class(position_encoding).pattern
+    except ValueError:  # a bad name: the config under test reports it
+        return 1
+    return len(pattern) if pattern else 1
 
 
 def tiny_config(position_encoding="rope", **overrides) -> PosEncConfig:
@@ -20,7 +33,7 @@ def tiny_config(position_encoding="rope", **overrides) -> PosEncConfig:
         vocab_size=101,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=max(2, pattern_period(position_encoding)),
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,

@@ -27,6 +27,7 @@ from hf_posenc import PosEncConfig, PosEncForCausalLM
 from hf_posenc import run_folder
 from hf_posenc.data.corpus import data_source_record
 from hf_posenc.train.run_config import RunConfig
+from tests.conftest import pattern_period
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
 BLOCK_SIZE = 32
@@ -58,13 +59,18 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json()), **SPECIAL_TOKENS)
 
 
+def layers_for(position_encoding: str) -> int:
+    """Two layers, or one period of a per-layer pattern when that is longer."""
+    return max(2, pattern_period(position_encoding))
+
+
 def tiny_lm(tokenizer, position_encoding: str, seed: int = 0) -> PosEncForCausalLM:
     torch.manual_seed(seed)
     config = PosEncConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers_for(position_encoding),
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=MAX_POSITIONS,
@@ -123,7 +129,7 @@ def tiny_run_config(position_encoding: str, data: str, vocab_size: int) -> RunCo
     """The nested run config a real `hf-posenc train` of this tiny model would save."""
     return RunConfig.from_dict({
         "model": {"position_encoding": position_encoding, "hidden_size": 32, "intermediate_size": 64,
-                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "num_hidden_layers": layers_for(position_encoding), "num_attention_heads": 4, "num_key_value_heads": 2,
                   "max_position_embeddings": MAX_POSITIONS, "vocab_size": vocab_size},
         "data": {"name": data, "block_size": BLOCK_SIZE},
         "tokenizer": {"vocab_size": vocab_size},

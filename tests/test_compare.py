@@ -32,8 +32,9 @@ def test_gpu_config_loads():
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"encodings": ["rope", "rotary"]}, "unknown position encoding 'rotary'"),
+        ({"encodings": ["rope", "rotary"]}, "encodings: position_encoding must be one of .* got 'rotary'"),
         ({"encodings": ["rope", "rope"]}, "twice"),
+        ({"encodings": ["rope", "rope+sinusoidal"]}, "encodings: position_encoding='rope\\+sinusoidal': 'sinusoidal' adds"),
         ({"colour": "red"}, "unknown key"),
         ({"eval": {"lengths": [0, 64]}}, "integers >= 2"),
         ({"eval": {"lengths": [64], "stride": 100}}, "stride"),

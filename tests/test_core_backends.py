@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.utils import is_torch_flex_attn_available
 
-from hf_posenc.model.encodings_hf_posenc import POSITION_ENCODINGS
+from hf_posenc.model.encodings_hf_posenc import position_encoding_class
 from tests.conftest import BIAS_ENCODINGS, random_tokens, tiny_model
 
 BACKENDS = ["sdpa", pytest.param("flex_attention", marks=pytest.mark.skipif(
@@ -22,7 +22,7 @@ def left_padded_batch():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backends_agree_with_eager(encoding, backend):
-    if backend == "flex_attention" and not POSITION_ENCODINGS[encoding].supports_flex_attention:
+    if backend == "flex_attention" and not position_encoding_class(encoding).supports_flex_attention:
         pytest.skip(f"{encoding} refuses flex_attention (tested in its own tests)")
     model = tiny_model(encoding, attn_implementation="eager")
     ids, mask = left_padded_batch()

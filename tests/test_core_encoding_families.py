@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from hf_posenc.model.encodings_hf_posenc import (
-    POSITION_ENCODINGS,
+    PositionEncoding,
     alibi_slopes,
     build_position_encoding,
+    position_encoding_class,
 )
 from tests.conftest import ENCODINGS, tiny_config
 
@@ -193,8 +194,8 @@ def test_bad_encoding_options_are_refused_by_name(overrides, field):
 
 @pytest.mark.parametrize("name", ENCODINGS)
 def test_every_builtin_describes_itself(name):
-    cls = POSITION_ENCODINGS[name]
-    assert cls.description != POSITION_ENCODINGS["nope"].__mro__[1].description  # not the base class default
+    cls = position_encoding_class(name)
+    assert cls.description != PositionEncoding.description  # not the base class default
     assert cls.citation and cls.formula and cls.color
     profile = build_position_encoding(tiny_config(name)).distance_profile(16)
     assert profile["curves"] and profile["ylabel"]

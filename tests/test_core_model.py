@@ -13,8 +13,9 @@ def test_shapes(encoding):
     ids = random_tokens(batch=3, length=10)
     out = model(ids, output_hidden_states=True, output_attentions=True)
     assert out.logits.shape == (3, 10, 101)
-    assert len(out.hidden_states) == 3 and out.hidden_states[-1].shape == (3, 10, 32)
-    assert len(out.attentions) == 2 and out.attentions[0].shape == (3, 4, 10, 10)
+    layers = model.config.num_hidden_layers
+    assert len(out.hidden_states) == layers + 1 and out.hidden_states[-1].shape == (3, 10, 32)
+    assert len(out.attentions) == layers and out.attentions[0].shape == (3, 4, 10, 10)
     # eager attention rows are distributions over past keys only
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(3, 4, 10))
     assert out.attentions[0].triu(diagonal=1).abs().max() == 0

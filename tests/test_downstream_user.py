@@ -20,8 +20,9 @@ from helpers_model_dir import build_model_dir
 
 from hf_posenc.cli import main
 from hf_posenc.model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS
+from tests.conftest import PATTERNS
 
-ENCODINGS = list(BUILTIN_POSITION_ENCODINGS)  # every built-in, from the registry
+ENCODINGS = [*BUILTIN_POSITION_ENCODINGS, *PATTERNS]  # every built-in, from the registry, and per-layer patterns
 
 # Runs in the fresh interpreter: argv = [report_path, folder, folder, ...].
 DOWNSTREAM_SCRIPT = r'''
@@ -90,7 +91,7 @@ def downstream_report(tmp_path_factory):
     for encoding in ENCODINGS:
         model_dir = build_model_dir(root / f"model-{encoding}", encoding, with_eval=True, with_checkpoints=True)
         folders[encoding] = root / f"upload-{encoding}"
-        assert main(["push", str(model_dir), "--repo-id", f"someone/tiny-{encoding}", "--dry-run", str(folders[encoding])]) == 0
+        assert main(["push", str(model_dir), "--repo-id", f"someone/tiny-{encoding.replace('+', '-')}", "--dry-run", str(folders[encoding])]) == 0
 
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "HF_", "TRANSFORMERS_"))}
     env.update(

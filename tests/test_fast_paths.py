@@ -175,6 +175,7 @@ def registered_bias_encoding():
 @pytest.fixture
 def uncompiled_flex(monkeypatch):
     """FlexAttention through torch's reference (uncompiled) kernel, block masks built without compiling."""
+    import transformers.integrations.flex_attention as flex_integration
     import transformers.masking_utils as masking_utils
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -185,7 +186,11 @@ def uncompiled_flex(monkeypatch):
     def uncompiled_block_mask(*args, **kwargs):
         return create_block_mask(*args, **{**kwargs, "_compile": False})
 
+    def transformers_reference(query, key, value, training=False, **kwargs):  # layers without a score bias
+        return flex_attention(query, key, value, **kwargs)
+
     monkeypatch.setattr(modeling, "compile_friendly_flex_attention", reference)
+    monkeypatch.setattr(flex_integration, "compile_friendly_flex_attention", transformers_reference)
     monkeypatch.setattr(masking_utils, "create_block_mask", uncompiled_block_mask)
 
 

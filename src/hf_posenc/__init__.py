@@ -11,8 +11,10 @@ from .model.configuration_hf_posenc import PosEncConfig
 from .model.conversion import config_from_llama, from_llama
 from .model.encodings_hf_posenc import (
     POSITION_ENCODINGS,
+    PerLayerPositionEncoding,
     PositionEncoding,
     available_position_encodings,
+    position_encoding_class,
     register_position_encoding,
     unregister_position_encoding,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "register_position_encoding",
     "unregister_position_encoding",
     "available_position_encodings",
+    "position_encoding_class",
+    "PerLayerPositionEncoding",
     "from_llama",
     "config_from_llama",
 ]

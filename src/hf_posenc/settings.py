@@ -47,6 +47,7 @@ def setting(
     below: float | None = None,
     positive: bool = False,
     choices: tuple | Callable[[], Any] | None = None,
+    check: Callable[[Any], Any] | None = None,
     label: str = "value",
     non_empty: bool = False,
     unique: bool = False,
@@ -54,12 +55,14 @@ def setting(
     """A dataclass field with rules checked by ``check_settings``.
 
     ``minimum`` / ``below``: ``minimum <= value < below``; ``positive``: finite and > 0; ``choices``: the
-    allowed values (or a function returning them, for registries filled at run time); for a list, the rules
+    allowed values (or a function returning them, for registries filled at run time); ``check``: a function that
+    raises ``ValueError`` for a bad value, for rules a list of choices cannot state (its message is kept, after
+    the field name: position-encoding patterns); for a list, the rules
     apply to every item, ``label`` names an item in messages ("unknown position encoding 'x'"), and
     ``non_empty`` / ``unique`` refuse an empty list and repeats. ``None`` is always allowed where the type is
     optional.
     """
-    rules = {"minimum": minimum, "below": below, "positive": positive, "choices": choices, "label": label,
+    rules = {"minimum": minimum, "below": below, "positive": positive, "choices": choices, "check": check, "label": label,
              "non_empty": non_empty, "unique": unique}
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_RULES: rules})
 
@@ -206,6 +209,11 @@ def _check_value(name: str, value, rules: dict, item_of_list: bool) -> None:
             if item_of_list:
                 raise SettingsError(f"{name}: unknown {rules['label']} {value!r}; choose from {allowed}", field=name)
             raise SettingsError(f"{name} must be one of {allowed}, got {value!r}", field=name)
+    if rules.get("check") is not None:
+        try:
+            rules["check"](value)
+        except ValueError as error:
+            raise SettingsError(f"{name}: {error}", field=name) from None
     if rules["positive"] and not (value > 0 and math.isfinite(value)):
         raise SettingsError(f"{name} must be a finite number > 0, got {value!r}", field=name)
     minimum, below = rules["minimum"], rules["below"]

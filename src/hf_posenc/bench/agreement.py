@@ -179,7 +179,7 @@ def run_agreement(
     """Every check for every encoding; ``flex_encodings`` limits FlexAttention (None: bias encodings and nope)."""
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     if flex_encodings is None:
-        flex_encodings = [e for e in encodings if e == "nope" or encoding_has_score_bias(e, AGREEMENT_SHAPE)]
+        flex_encodings = [e for e in encodings if e == "nope" or encoding_has_score_bias(e)]
     # Order: SDPA for everything (cheap), compiled training steps, then FlexAttention in eager mode (each shape
     # compiles its own kernels), so that a time budget cuts the least informative checks.
     plan = []

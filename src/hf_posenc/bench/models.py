@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.configuration_hf_posenc import PosEncConfig
-from ..model.encodings_hf_posenc import PositionEncoding, available_position_encodings, build_position_encoding
+from ..model.encodings_hf_posenc import position_encoding_class
 from ..errors import SettingsError
 
 ATTN_CHOICES = ("auto", "sdpa", "flex_attention", "eager")
@@ -111,23 +111,27 @@ def model_names(encodings: list[str], references: list[str] | None = None) -> li
 
 
 def validate_encodings(encodings: list[str]) -> list[str]:
-    known = available_position_encodings()
-    unknown = [name for name in encodings if name not in known]
-    if unknown:
-        raise SettingsError(f"encodings must be among {known}, got {unknown}", field="encodings")
+    """Registered names and per-layer patterns of them, without repeats."""
+    for name in encodings:
+        try:
+            position_encoding_class(name)
+        except ValueError as error:
+            raise SettingsError(
+                f"encodings must be among the registered encodings and per-layer patterns of them: {error}",
+                field="encodings",
+            ) from None
     if not encodings:
         raise SettingsError("encodings must name at least one encoding", field="encodings")
     return list(dict.fromkeys(encodings))
 
 
-def encoding_has_score_bias(encoding: str, shape: dict | None = None) -> bool:
+def encoding_has_score_bias(encoding: str) -> bool:
     """Whether an encoding adds a bias to attention scores (alibi, t5_bias, registered bias encodings).
 
-    Asked of the encoding itself (does it override ``score_bias``?), so registered encodings are covered.
+    Asked of the encoding itself (does it override ``score_bias``? a pattern: does one of its parts?), so registered
+    encodings are covered.
     """
-    config = PosEncConfig(**(shape or PRESETS["tiny"].shape), position_encoding=encoding)
-    module = build_position_encoding(config)
-    return type(module).score_bias is not PositionEncoding.score_bias
+    return position_encoding_class(encoding).acts_at("score_bias")
 
 
 def resolve_attn_implementation(requested: str, model: str, device: torch.device, mode: str, shape: dict) -> str:
@@ -154,7 +158,7 @@ def resolve_attn_implementation(requested: str, model: str, device: torch.device
     if model.startswith("hf:"):
         return "sdpa"
     encoding = model.split(":", 1)[1]
-    if device.type == "cuda" and mode in ("train", "scaling") and encoding_has_score_bias(encoding, shape):
+    if device.type == "cuda" and mode in ("train", "scaling") and encoding_has_score_bias(encoding):
         return "flex_attention"
     return "sdpa"
 

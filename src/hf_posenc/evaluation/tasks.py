@@ -178,13 +178,13 @@ def encode(symbols: Sequence[str]) -> list[int]:
     return [SYMBOL_IDS[s] for s in symbols]
 
 
-def build_task_model(position_encoding: str, settings: TaskSettings):
-    """A freshly initialized small ``PosEncForCausalLM`` for the tasks (seed first for reproducibility)."""
+def task_model_config(position_encoding: str, settings: TaskSettings):
+    """The ``PosEncConfig`` of a task (or passkey) model; a SettingsError when the encoding does not fit it (a
+    per-layer pattern longer than the model's layers, say), so a study can refuse it before any training."""
     from ..model.configuration_hf_posenc import PosEncConfig
-    from ..train.step import build_causal_lm
 
     try:
-        config = PosEncConfig(
+        return PosEncConfig(
             vocab_size=len(VOCABULARY),
             hidden_size=settings.hidden_size,
             intermediate_size=settings.intermediate_size,
@@ -200,7 +200,13 @@ def build_task_model(position_encoding: str, settings: TaskSettings):
         )
     except ValueError as error:
         raise SettingsError(f"invalid task model: {error}") from error
-    return build_causal_lm(config, settings.attn_implementation)
+
+
+def build_task_model(position_encoding: str, settings: TaskSettings):
+    """A freshly initialized small ``PosEncForCausalLM`` for the tasks (seed first for reproducibility)."""
+    from ..train.step import build_causal_lm
+
+    return build_causal_lm(task_model_config(position_encoding, settings), settings.attn_implementation)
 
 
 # ---- training -------------------------------------------------------------------------------------------

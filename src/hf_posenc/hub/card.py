@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import run_folder
 from ..errors import UsageError
-from ..model.encodings_hf_posenc import POSITION_ENCODINGS, PositionEncoding
+from ..model.encodings_hf_posenc import PositionEncoding, position_encoding_class
 from ..run_folder import RunRecords, is_measured as _is_measured
 
 CARD_TEMPLATE_NAME = "hf_posenc_model_card.md.j2"
@@ -315,8 +315,11 @@ def build_model_card(
     else:
         eval_note = None
     train_length = (records.eval or {}).get("train_length") or (records.train_summary or {}).get("block_size")
-    encoding_class = POSITION_ENCODINGS.get(encoding, PositionEncoding)  # the card describes what the class says
-    rotates = encoding_class.rotary is not PositionEncoding.rotary
+    try:
+        encoding_class = position_encoding_class(encoding)  # the card describes what the class says
+    except ValueError:  # not registered here: the base class's generic words
+        encoding_class = PositionEncoding
+    rotates = encoding_class.acts_at("rotary")
     context = dict(
         repo_id=repo_id,
         model_name=model_name,

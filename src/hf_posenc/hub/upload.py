@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import run_folder
 from ..errors import UsageError
-from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS as BUILTIN_ENCODINGS
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS as BUILTIN_ENCODINGS, position_encoding_class
 from .card import DEFAULT_LICENSE, build_model_card, check_template, read_run_records
 from ..run_folder import RUN_RECORD_FILES
 REMOTE_CODE_FILES = ("configuration_hf_posenc.py", "modeling_hf_posenc.py", "encodings_hf_posenc.py")
@@ -83,10 +83,15 @@ def check_model_dir(model_dir: str | os.PathLike) -> dict:
     config_path = model_dir / "config.json"
     config = run_folder.read_model_config(model_dir)
     encoding = config.get("position_encoding")
-    if encoding not in BUILTIN_ENCODINGS:
+    try:  # a per-layer pattern is pushed when all its names are built-in
+        names = position_encoding_class(encoding).pattern or (encoding,)
+    except ValueError:
+        names = (encoding,)
+    if any(name not in BUILTIN_ENCODINGS for name in names):
         raise UsageError(
             f"{config_path} has position_encoding {encoding!r}; only the built-in encodings {list(BUILTIN_ENCODINGS)} "
-            "can be pushed, because the remote code shipped with the model cannot know encodings registered at runtime"
+            "(and per-layer patterns of them) can be pushed, because the remote code shipped with the model cannot "
+            "know encodings registered at runtime"
         )
     if not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         raise UsageError(f"MODEL_DIR {str(model_dir)!r} has no weights (expected one of {list(WEIGHT_FILES)})")

@@ -12,7 +12,7 @@ from numbers import Integral, Real
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from .encodings_hf_posenc import POSITION_ENCODINGS, available_position_encodings
+from .encodings_hf_posenc import available_position_encodings, position_encoding_class
 
 # Extra keys each RoPE type needs besides rope_type and rope_theta (transformers' RoPE utilities read them).
 # What every config carried before RoPE parameters became RoPE-only: accepted (and dropped) on other encodings.
@@ -53,8 +53,13 @@ class PosEncConfig(PreTrainedConfig):
             As in ``LlamaConfig``. ``num_key_value_heads`` < ``num_attention_heads`` gives grouped-query attention.
         position_encoding (`str`, defaults to ``"rope"``):
             One of ``"sinusoidal"``, ``"learned"``, ``"rope"``, ``"alibi"``, ``"t5_bias"``, ``"nope"``,
-            ``"kerple_log"``, ``"kerple_power"``, ``"fire"``, ``"xpos"``, ``"sandwich"``, ``"dynamic_bias"``, or a
-            name added with ``hf_posenc.register_position_encoding``.
+            ``"kerple_log"``, ``"kerple_power"``, ``"fire"``, ``"xpos"``, ``"sandwich"``, ``"dynamic_bias"``,
+            ``"fox"``, ``"cope"``, a name added with ``hf_posenc.register_position_encoding``, or a per-layer
+            pattern: names joined by ``+``, repeated over the layers (``"rope+rope+rope+nope"``: NoPE in every
+            fourth layer). A pattern takes encodings that act inside attention (not sinusoidal / learned), at
+            least two different ones, and every name must reach a layer (a pattern no longer than
+            ``num_hidden_layers`` does). Options of an encoding (``rope_fraction``, ``alibi_num_heads``...) apply
+            to every layer that uses it.
         rope_theta (`float`, *optional*, defaults to 10000.0 for RoPE encodings):
             RoPE base. Stored, as transformers 5 does, in ``rope_parameters["rope_theta"]``. The three RoPE
             options exist only for encodings that use RoPE (``uses_rope``); on any other encoding the config
@@ -206,7 +211,7 @@ class PosEncConfig(PreTrainedConfig):
     @property
     def uses_rope(self) -> bool:
         """Whether the chosen encoding rotates queries and keys with transformers' RoPE utilities."""
-        return getattr(POSITION_ENCODINGS[self.position_encoding], "uses_rope", False)
+        return getattr(position_encoding_class(self.position_encoding), "uses_rope", False)
 
     def _refuse_rope_options(self, rope_theta, rope_scaling, rope_parameters) -> None:
         given = {
@@ -217,7 +222,9 @@ class PosEncConfig(PreTrainedConfig):
         }
         given = {field: value for field, value in given.items() if value is not None}
         if given:
-            rope_encodings = [name for name, cls in POSITION_ENCODINGS.items() if getattr(cls, "uses_rope", False)]
+            rope_encodings = [
+                name for name in available_position_encodings() if getattr(position_encoding_class(name), "uses_rope", False)
+            ]
             raise ValueError(
                 f"{', '.join(f'{k}={v!r}' for k, v in given.items())} is a RoPE option, but position_encoding="
                 f"{self.position_encoding!r} does not use RoPE; drop it or choose one of {rope_encodings}"
@@ -243,11 +250,7 @@ class PosEncConfig(PreTrainedConfig):
         return merged
 
     def _validate_architecture(self) -> None:
-        if self.position_encoding not in available_position_encodings():
-            raise ValueError(
-                f"position_encoding must be one of {available_position_encodings()}, got {self.position_encoding!r} "
-                "(add your own with hf_posenc.register_position_encoding)"
-            )
+        encoding_class = position_encoding_class(self.position_encoding)  # a ValueError naming what is wrong
         for field in (
             "vocab_size",
             "hidden_size",
@@ -270,6 +273,7 @@ class PosEncConfig(PreTrainedConfig):
                 f"num_attention_heads must be a multiple of num_key_value_heads, got num_attention_heads="
                 f"{self.num_attention_heads} and num_key_value_heads={self.num_key_value_heads}"
             )
+        self._validate_pattern_reaches_every_name(encoding_class.pattern)
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (the SwiGLU MLP), got {self.hidden_act!r}")
         _require_real("initializer_range", self.initializer_range, 0.0)
@@ -285,6 +289,18 @@ class PosEncConfig(PreTrainedConfig):
             value = getattr(self, field)
             if value is not None:
                 _require_int(field, value, minimum=0)
+
+    def _validate_pattern_reaches_every_name(self, pattern: tuple[str, ...] | None) -> None:
+        """A per-layer pattern's names must each get a layer: an unused part would hold parameters that never get
+        a gradient (which DDP refuses), and the name would promise an encoding the model does not have."""
+        if pattern is None:
+            return
+        unused = [name for name in dict.fromkeys(pattern) if name not in pattern[: self.num_hidden_layers]]
+        if unused:
+            raise ValueError(
+                f"position_encoding={self.position_encoding!r} repeats every {len(pattern)} layers, but with "
+                f"num_hidden_layers={self.num_hidden_layers} no layer uses {unused}; shorten the pattern or add layers"
+            )
 
     def _validate_encoding_options(self) -> None:
         fraction = self.rope_fraction

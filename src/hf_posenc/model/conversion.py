@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .configuration_hf_posenc import PosEncConfig
-from .encodings_hf_posenc import POSITION_ENCODINGS
+from .encodings_hf_posenc import position_encoding_class
 from .modeling_hf_posenc import PosEncForCausalLM
 
 if TYPE_CHECKING:  # importing transformers' Llama costs seconds: only from_llama needs it
@@ -47,7 +47,7 @@ def config_from_llama(llama_config: LlamaConfig, **config_overrides) -> PosEncCo
     values = {field: getattr(llama_config, field) for field in _SHARED_FIELDS if hasattr(llama_config, field)}
     values["position_encoding"] = "rope"
     values.update(config_overrides)
-    if getattr(POSITION_ENCODINGS.get(values["position_encoding"]), "uses_rope", False):
+    if position_encoding_class(values["position_encoding"]).uses_rope:  # a ValueError for an unknown encoding
         values.setdefault("rope_parameters", dict(llama_config.rope_parameters or {}))
     return PosEncConfig(**values)  # another encoding drops the Llama's RoPE parameters: it has no use for them
 

@@ -9,7 +9,10 @@ An encoding may act at four points of the decoder (all hooks default to "do noth
 4. ``data_dependent_bias``: a per-layer module that sees the layer's inputs, queries and keys (fox, cope); it
    lives in ``data_dependent_hf_posenc.py`` with the cache handling it needs.
 
-The model calls each hook once per forward and hands the result to every layer. ``score_bias`` returns a
+The model calls each hook once per forward and hands the result to every layer. A per-layer pattern
+(``position_encoding="rope+rope+rope+nope"``: names joined by ``+``, repeated over the layers) is one more
+``PositionEncoding``, ``PerLayerPositionEncoding``: the model asks each of its parts once per forward and hands
+each layer the result of its own part. ``score_bias`` returns a
 function of index tensors rather than a tensor so that one definition serves both the dense path (eager /
 SDPA, evaluated on broadcast index grids into a ``(heads, q, k)`` tensor) and FlexAttention (evaluated
 inside ``score_mod`` on scalar indices, so no L x L tensor is ever built).
@@ -60,10 +63,32 @@ class PositionEncoding(nn.Module):
     supports_flex_attention: bool = True  # False: attn_implementation="flex_attention" is refused (cope)
     # Triton block sizes for FlexAttention on GPU (its ``kernel_options``), or None for torch's defaults.
     flex_kernel_options: dict | None = None
+    # The encoding names of a per-layer pattern, one per layer of a period (None: one encoding in every layer).
+    pattern: tuple[str, ...] | None = None
 
     def __init__(self, config):
         super().__init__()
         self.config = config
+
+    @classmethod
+    def acts_at(cls, hook: str) -> bool:
+        """Whether the encoding acts at ``hook`` (``"input_embedding"``, ``"rotary"``, ``"score_bias"`` or
+        ``"data_dependent_bias"``): whether it overrides the base class's do-nothing hook."""
+        own, default = getattr(cls, hook), getattr(PositionEncoding, hook)
+        return getattr(own, "__func__", own) is not getattr(default, "__func__", default)  # classmethods: the function
+
+    @classmethod
+    def class_of_layer(cls, layer_idx: int) -> type[PositionEncoding]:
+        """The encoding class acting in layer ``layer_idx``: this one (a per-layer pattern answers with a part)."""
+        return cls
+
+    def layer_plan(self, num_layers: int) -> tuple[list[PositionEncoding], list[int]]:
+        """The encodings acting in the layers, and for each layer the index of its own among them.
+
+        The model computes the position information of each listed encoding once per forward. One encoding acts
+        in every layer: ``([self], [0, 0, ...])``; a per-layer pattern lists its parts.
+        """
+        return [self], [0] * num_layers
 
     def input_embedding(self, position_ids: torch.LongTensor, dtype: torch.dtype) -> torch.Tensor | None:
         """Tensor of shape ``(batch or 1, q, hidden_size)`` added to the token embeddings, or ``None``."""
@@ -753,6 +778,90 @@ class ContextualPositionEncoding(DataDependentPositionEncoding):
     color = "#637939"
 
 
+class PerLayerPositionEncoding(PositionEncoding):
+    """A per-layer pattern: ``position_encoding="rope+rope+rope+nope"`` gives layer ``l`` the encoding
+    ``pattern[l % len(pattern)]`` (Llama 4's interleaved NoPE layers).
+
+    ``position_encoding_class`` builds one subclass per pattern (cached), holding the parts' classes and the class
+    attributes derived from them. Each distinct part is built once, as a child module named after it
+    (``model.position_encoding.rope.*``): a part used by several layers shares its parameters across them, as a
+    single encoding shares them across all layers. The model computes each part's position information (RoPE's
+    cos/sin, a bias or score_mod) once per forward and hands each layer its own part's. Only encodings acting
+    inside attention may be parts (rotary, score biases, nope, data-dependent ones); data-dependent parts build
+    their per-layer modules in their own layers only.
+    """
+
+    part_classes: dict[str, type[PositionEncoding]] = {}  # name -> class, in order of first use in the pattern
+    description = "position encodings chosen per layer."
+
+    def __init__(self, config):
+        super().__init__(config)
+        for name, part_class in self.part_classes.items():
+            self.add_module(name, part_class(config))
+        limits = [part.max_positions for part in self.children() if part.max_positions is not None]
+        self.max_positions = min(limits) if limits else None
+
+    @classmethod
+    def acts_at(cls, hook):
+        return any(part.acts_at(hook) for part in cls.part_classes.values())
+
+    @classmethod
+    def class_of_layer(cls, layer_idx):
+        return cls.part_classes[cls.pattern[layer_idx % len(cls.pattern)]]
+
+    @classmethod
+    def data_dependent_bias(cls, config, layer_idx):
+        return cls.class_of_layer(layer_idx).data_dependent_bias(config, layer_idx)
+
+    def layer_plan(self, num_layers):
+        names = list(self.part_classes)
+        parts = [self.get_submodule(name) for name in names]
+        return parts, [names.index(self.pattern[layer % len(self.pattern)]) for layer in range(num_layers)]
+
+    @torch.no_grad()
+    def distance_profile(self, max_distance, trained=False):
+        """The parts' profiles in one panel, each curve labelled with its part (their units may differ)."""
+        curves, ylabels, notes = [], [], []
+        for name, part in self.named_children():
+            profile = part.distance_profile(max_distance, trained)
+            curves += [(f"{name}: {label}", values) for label, values in profile["curves"]]
+            ylabels.append(profile["ylabel"])
+            if profile.get("note"):
+                notes.append(f"{name}: {profile['note']}")
+        result = {"curves": curves, "ylabel": " | ".join(dict.fromkeys(ylabels))}
+        return {**result, "note": "; ".join(notes)} if notes else result
+
+
+def _mixed_color(colors: list[str | None]) -> str | None:
+    """The mean of ``#rrggbb`` colours, one per layer of a pattern's period (parts without a colour are left out)."""
+    channels = [[int(color[i : i + 2], 16) for i in (1, 3, 5)] for color in colors if color and len(color) == 7]
+    if not channels:
+        return None
+    return "#" + "".join(f"{round(sum(values) / len(values)):02x}" for values in zip(*channels))
+
+
+def _per_layer_class(pattern: tuple[str, ...], part_classes: dict[str, type[PositionEncoding]]):
+    """The ``PerLayerPositionEncoding`` subclass of a validated pattern, its class attributes from its parts."""
+    parts = list(part_classes.values())
+    listed = ", ".join(pattern)
+    attributes = dict(
+        pattern=pattern,
+        part_classes=part_classes,
+        uses_rope=any(part.uses_rope for part in parts),
+        extrapolates=all(part.extrapolates for part in parts),
+        supports_flex_attention=all(part.supports_flex_attention for part in parts),
+        description=f"position encodings chosen per layer: {listed} (repeating). "
+        + " ".join(f"{name}: {part.description}" for name, part in part_classes.items()),
+        citation="; ".join(dict.fromkeys(part.citation for part in parts if part.citation)),
+        formula=f"layer l: [{listed}][l mod {len(pattern)}]; "
+        + "; ".join(f"{name}: {part.formula or '(no formula given)'}" for name, part in part_classes.items()),
+        color=_mixed_color([part_classes[name].color for name in pattern]),
+    )
+    return type("PerLayerPositionEncoding", (PerLayerPositionEncoding,), attributes)
+
+
+PATTERN_SEPARATOR = "+"  # joins the encodings of a per-layer pattern: "rope+rope+rope+nope"
+
 # The registry: an explicit dict, filled here and by ``register_position_encoding``.
 POSITION_ENCODINGS: dict[str, type[PositionEncoding]] = {
     "sinusoidal": SinusoidalPositionEncoding,
@@ -781,6 +890,11 @@ def register_position_encoding(name: str, encoding_class: type[PositionEncoding]
     def register(cls):
         if not isinstance(name, str) or not name:
             raise ValueError(f"position encoding name must be a non-empty string, got {name!r}")
+        if PATTERN_SEPARATOR in name:
+            raise ValueError(
+                f"position encoding name {name!r} contains {PATTERN_SEPARATOR!r}, which joins the names of a per-layer "
+                "pattern; choose a name without it"
+            )
         if not (isinstance(cls, type) and issubclass(cls, PositionEncoding)):
             raise TypeError(f"position encoding {name!r} must be a subclass of PositionEncoding, got {cls!r}")
         if name in POSITION_ENCODINGS and POSITION_ENCODINGS[name] is not cls and not overwrite:
@@ -809,20 +923,53 @@ def available_position_encodings() -> list[str]:
     return list(POSITION_ENCODINGS)
 
 
+_PER_LAYER_CLASSES: dict[tuple, type[PerLayerPositionEncoding]] = {}  # one class per pattern and part classes
+
+
 def position_encoding_class(name: str) -> type[PositionEncoding]:
-    """The class registered under ``name`` (ask it for ``description``, ``citation``, ``formula``, ``color``)."""
-    try:
-        return POSITION_ENCODINGS[name]
-    except KeyError:
-        raise ValueError(f"position encoding {name!r} is not registered; choose one of {available_position_encodings()}") from None
+    """The class of a ``position_encoding`` value; every module resolves encoding names through this function.
+
+    A registered name gives its class (ask it for ``description``, ``citation``, ``formula``, ``color``...). A
+    per-layer pattern, registered names joined by ``+`` (``"rope+rope+rope+nope"``), gives a
+    ``PerLayerPositionEncoding`` subclass built once per pattern. Raises ``ValueError`` naming the bad part.
+    """
+    if not isinstance(name, str) or PATTERN_SEPARATOR not in name:
+        if isinstance(name, str) and name in POSITION_ENCODINGS:
+            return POSITION_ENCODINGS[name]
+        raise ValueError(
+            f"position_encoding must be one of {available_position_encodings()} or a per-layer pattern of them joined "
+            f"by {PATTERN_SEPARATOR!r} (e.g. 'rope+rope+rope+nope'), got {name!r} (add your own with "
+            "hf_posenc.register_position_encoding)"
+        )
+    pattern = tuple(name.split(PATTERN_SEPARATOR))
+    part_classes = {part: _pattern_part_class(name, part) for part in pattern}
+    if len(part_classes) == 1:
+        raise ValueError(
+            f"position_encoding={name!r} uses {pattern[0]!r} in every layer; write position_encoding={pattern[0]!r}"
+        )
+    key = (pattern, tuple(part_classes.values()))  # a re-registered name gets a new class
+    if key not in _PER_LAYER_CLASSES:
+        _PER_LAYER_CLASSES[key] = _per_layer_class(pattern, part_classes)
+    return _PER_LAYER_CLASSES[key]
+
+
+def _pattern_part_class(pattern: str, part: str) -> type[PositionEncoding]:
+    """The class of one name of a pattern: a registered encoding that acts inside attention."""
+    inside_attention = [name for name, cls in POSITION_ENCODINGS.items() if not cls.acts_at("input_embedding")]
+    if part not in POSITION_ENCODINGS:
+        what = "an empty name" if not part else f"{part!r} is not a registered position encoding"
+        raise ValueError(
+            f"position_encoding={pattern!r}: {what}; a per-layer pattern joins encodings that act inside attention "
+            f"with {PATTERN_SEPARATOR!r}: {inside_attention}"
+        )
+    part_class = POSITION_ENCODINGS[part]
+    if part_class.acts_at("input_embedding"):
+        raise ValueError(
+            f"position_encoding={pattern!r}: {part!r} adds positions to the input embeddings, so it cannot be chosen "
+            f"per layer; per-layer patterns take encodings that act inside attention: {inside_attention}"
+        )
+    return part_class
 
 
 def build_position_encoding(config) -> PositionEncoding:
-    try:
-        encoding_class = POSITION_ENCODINGS[config.position_encoding]
-    except KeyError:
-        raise ValueError(
-            f"position_encoding={config.position_encoding!r} is not registered; "
-            f"choose one of {available_position_encodings()}"
-        ) from None
-    return encoding_class(config)
+    return position_encoding_class(config.position_encoding)(config)

@@ -7,7 +7,9 @@ the attention mask and the cache length) and passed to every layer:
 * an additive embedding (sinusoidal, learned) is added to the token embeddings;
 * a rotation (rope) reaches each attention as ``(cos, sin)``;
 * a score bias (alibi, t5_bias) is folded into the float mask for eager / SDPA, or becomes a FlexAttention
-  ``score_mod`` over a block mask (no L x L tensor at all).
+  ``score_mod`` over a block mask (no L x L tensor at all);
+* a per-layer pattern (``"rope+rope+rope+nope"``) computes the above once for each of its encodings and hands
+  each layer its own encoding's rotation, mask and score_mod.
 
 Attention runs through transformers' attention interface, so ``attn_implementation`` picks the backend.
 This file is copied next to the weights by ``save_pretrained``: it imports only torch, transformers and its
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -39,7 +42,7 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_hf_posenc import PosEncConfig
-from .encodings_hf_posenc import POSITION_ENCODINGS, PositionEncoding, build_position_encoding
+from .encodings_hf_posenc import build_position_encoding, position_encoding_class
 
 logger = logging.get_logger(__name__)
 
@@ -193,10 +196,10 @@ class PosEncAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
-        encoding_class = POSITION_ENCODINGS.get(config.position_encoding)
-        self.flex_kernel_options = getattr(encoding_class, "flex_kernel_options", None)
+        encoding_class = position_encoding_class(config.position_encoding)
+        self.flex_kernel_options = encoding_class.class_of_layer(layer_idx).flex_kernel_options  # a pattern: this layer's
         # Data-dependent encodings (fox, cope) own a module per layer: it sees this layer's inputs, queries and keys.
-        self.data_dependent_bias = encoding_class.data_dependent_bias(config, layer_idx) if encoding_class else None
+        self.data_dependent_bias = encoding_class.data_dependent_bias(config, layer_idx)
 
     def forward(self, hidden_states, attention_mask, rotary=None, score_mod=None, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
@@ -313,6 +316,17 @@ def visible_key_positions(key_positions, key_length: int, key_offset: int) -> to
     return nn.functional.pad(visible, (0, missing)) if missing > 0 else visible
 
 
+class BiasPositions(NamedTuple):
+    """What every score bias of one forward reads, found once per forward (``PosEncModel._bias_positions``)."""
+
+    query_pos: torch.LongTensor  # (batch or 1, q)
+    key_pos: torch.LongTensor  # (batch or 1, kv): the positions of the keys the mask covers
+    distance_bound: int  # an upper bound on query minus key position (the length of by-distance tables)
+    derived: bool  # positions derived from the attention mask, not given by the caller
+    contiguous: bool  # positions are the indices themselves
+    index_offset: int  # the first query's index among the keys
+
+
 class PosEncPreTrainedModel(PreTrainedModel):
     config_class = PosEncConfig
     config: PosEncConfig
@@ -426,11 +440,6 @@ class PosEncModel(PosEncPreTrainedModel):
         added = encoding.input_embedding(position_ids, inputs_embeds.dtype)
         if added is not None:
             hidden_states = hidden_states + added
-        rotary = encoding.rotary(hidden_states, position_ids)
-        if rotary is not None:  # (cos, sin), or (cos, sin) of the queries then of the keys (xpos scales them apart)
-            query_rotary = prepare_rotary(*rotary[:2])
-            rotary = (query_rotary, prepare_rotary(*rotary[2:]) if len(rotary) == 4 else query_rotary)
-
         if self._causal_is_implicit(attention_mask, cache, caller_position_ids):
             mask = None  # SDPA applies the causal mask itself (is_causal), with the flash kernel
         else:
@@ -441,17 +450,31 @@ class PosEncModel(PosEncPreTrainedModel):
                 position_ids=caller_position_ids,
                 **{CACHE_KWARG: cache},
             )
-        if type(encoding).score_bias is not PositionEncoding.score_bias:  # the encoding biases attention scores
-            mask, score_mod = self._attach_score_bias(
-                mask, position_ids, caller_position_ids is None, attention_mask, cache, query_offset, inputs_embeds
-            )
-        else:
-            score_mod = None
 
-        for layer in self.layers:
+        # Position information once per forward for each encoding in use (one, or a per-layer pattern's parts);
+        # every layer gets its own encoding's (rotary, mask, score_mod).
+        parts, part_of_layer = encoding.layer_plan(len(self.layers))
+        bias_positions = None  # what every score bias needs (key positions, a distance bound), found once
+        per_part = []
+        for part in parts:
+            rotary = part.rotary(hidden_states, position_ids)
+            if rotary is not None:  # (cos, sin), or (cos, sin) of the queries then of the keys (xpos scales them apart)
+                query_rotary = prepare_rotary(*rotary[:2])
+                rotary = (query_rotary, prepare_rotary(*rotary[2:]) if len(rotary) == 4 else query_rotary)
+            part_mask, score_mod = mask, None
+            if type(part).acts_at("score_bias"):  # the encoding biases attention scores
+                if bias_positions is None:
+                    bias_positions = self._bias_positions(
+                        position_ids, caller_position_ids is None, attention_mask, cache, query_offset, query_length
+                    )
+                part_mask, score_mod = self._attach_score_bias(part, mask, bias_positions, inputs_embeds)
+            per_part.append((rotary, part_mask, score_mod))
+
+        for layer, part_index in zip(self.layers, part_of_layer):
+            rotary, layer_mask, score_mod = per_part[part_index]
             # The mask goes by position: reentrant checkpointing passes only positional tensors through its
             # own autograd node, and a learned bias folded into the mask must reach its parameters once per layer.
-            hidden_states = layer(hidden_states, mask, rotary=rotary, score_mod=score_mod, cache=cache, **kwargs)
+            hidden_states = layer(hidden_states, layer_mask, rotary=rotary, score_mod=score_mod, cache=cache, **kwargs)
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states, **{OUTPUT_CACHE_FIELD: cache if use_cache else None}
@@ -487,37 +510,46 @@ class PosEncModel(PosEncPreTrainedModel):
             and caller_position_ids is None
         )
 
-    def _attach_score_bias(self, mask, position_ids, derived, attention_mask, cache, query_offset, inputs_embeds):
-        """Add the encoding's score bias, a function of query and key *positions* (cached keys included): into
-        the eager / SDPA mask, or as a FlexAttention score_mod.
-
-        Positions shared by the batch give a (1, heads, q, kv) bias broadcast over the batch; per-example
-        positions (padding, packed rows) a per-example one. FlexAttention never builds it: the score_mod looks
-        the positions up (or, for plain contiguous positions, uses the indices themselves).
-        """
-        query_length, device = inputs_embeds.shape[1], inputs_embeds.device
+    def _bias_positions(self, position_ids, derived, attention_mask, cache, query_offset, query_length) -> BiasPositions:
+        """The positions every score bias of this forward reads (cached keys included), found once per forward."""
         if cache is not None:
             key_length, key_offset = cache.get_mask_sizes(query_length, 0)
         else:
             key_length, key_offset = query_length, 0
         key_pos = key_positions_with_cache(position_ids, cache, attention_mask, query_offset)
         contiguous = derived and attention_mask is None  # positions are the indices themselves
-        bias_fn = self.position_encoding.score_bias(
-            self._distance_bound(position_ids, key_pos, key_length, contiguous), device, inputs_embeds.dtype
+        return BiasPositions(
+            query_pos=position_ids,
+            key_pos=visible_key_positions(key_pos, key_length, key_offset),
+            distance_bound=self._distance_bound(position_ids, key_pos, key_length, contiguous),
+            derived=derived,
+            contiguous=contiguous,
+            index_offset=query_offset - key_offset,
         )
+
+    def _attach_score_bias(self, encoding, mask, positions: BiasPositions, inputs_embeds):
+        """Add ``encoding``'s score bias, a function of query and key *positions*: into the eager / SDPA mask, or
+        as a FlexAttention score_mod. Returns ``(mask, score_mod)``.
+
+        Positions shared by the batch give a (1, heads, q, kv) bias broadcast over the batch; per-example
+        positions (padding, packed rows) a per-example one. FlexAttention never builds it: the score_mod looks
+        the positions up (or, for plain contiguous positions, uses the indices themselves).
+        """
+        device = inputs_embeds.device
+        bias_fn = encoding.score_bias(positions.distance_bound, device, inputs_embeds.dtype)
         if bias_fn is None:
             return mask, None
-        key_pos = visible_key_positions(key_pos, key_length, key_offset)
+        query_pos, key_pos = positions.query_pos, positions.key_pos
 
         implementation = self.config._attn_implementation
         if implementation == "flex_attention":
-            if derived:
+            if positions.derived:
                 # Positions derived from the mask: the indices, up to each row's padding. Relative (distance-only)
                 # biases are the same either way, and index arithmetic keeps the kernel free of lookups (a per-row
                 # lookup here breaks the CPU FlexAttention compiler on recompiles, torch 2.13).
-                offset = torch.as_tensor(query_offset - key_offset, device=device)
+                offset = torch.as_tensor(positions.index_offset, device=device)
                 return mask, positional_score_mod(bias_fn, offset[None, None], torch.zeros_like(offset)[None, None], True)
-            return mask, positional_score_mod(bias_fn, position_ids, key_pos, contiguous)
+            return mask, positional_score_mod(bias_fn, query_pos, key_pos, positions.contiguous)
         if implementation not in ("eager", "sdpa"):
             raise ValueError(
                 f"position_encoding={self.config.position_encoding!r} adds a bias to attention scores, which "
@@ -525,7 +557,7 @@ class PosEncModel(PosEncPreTrainedModel):
             )
         heads = torch.arange(self.config.num_attention_heads, device=device)
         # (1, heads, 1, 1), (batch or 1, 1, q, 1), (batch or 1, 1, 1, kv) broadcast to (batch or 1, heads, q, kv)
-        bias = bias_fn(heads[None, :, None, None], position_ids[:, None, :, None], key_pos[:, None, None, :])
+        bias = bias_fn(heads[None, :, None, None], query_pos[:, None, :, None], key_pos[:, None, None, :])
         return fold_bias_into_mask(bias.float(), mask, inputs_embeds.dtype), None
 
     @staticmethod

@@ -46,8 +46,8 @@ from pathlib import Path
 from .. import run_folder
 from ..errors import SettingsError
 from ..evaluation.perplexity import ROPE_SCALING_TYPES
-from ..evaluation.tasks import TaskSettings
-from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, available_position_encodings
+from ..evaluation.tasks import TaskSettings, task_model_config
+from ..model.encodings_hf_posenc import BUILTIN_POSITION_ENCODINGS, position_encoding_class
 from ..settings import apply_overrides, load_settings, parse_yaml, read_settings_file, setting, to_dict
 from ..train.run_config import RunConfig
 
@@ -211,7 +211,7 @@ class CompareConfig:
     output_dir: str | None = None
     # absent from the file: every built-in encoding
     encodings: list[str] = setting(default_factory=lambda: list(BUILTIN_POSITION_ENCODINGS),
-                                   choices=available_position_encodings, label="position encoding", non_empty=True,
+                                   check=position_encoding_class, label="position encoding", non_empty=True,
                                    unique=True)
     threads: int | None = setting(None, minimum=1)  # torch threads per process (null: the cores divided among workers)
     # processes that train and test models side by side (null: one per CPU core); the results do not depend on it
@@ -235,6 +235,12 @@ class CompareConfig:
             run = copy.deepcopy(self.run)
             run.model.position_encoding = encoding
             run.cross_check(f"{prefix}run.")
+            for section, settings in (("tasks", self.tasks), ("passkey", self.passkey)):  # their own small models
+                if settings is not None:
+                    try:
+                        task_model_config(encoding, settings)
+                    except SettingsError as error:
+                        raise SettingsError(f"{prefix}{section}: {error}", field=f"{prefix}{section}") from None
         if self.eval.rope_scaling and "rope" not in self.encodings:
             raise SettingsError(f"{prefix}eval.rope_scaling needs the rope encoding in {prefix}encodings",
                                 field=f"{prefix}eval.rope_scaling")

@@ -32,10 +32,11 @@ from .plots import encoding_color, new_figure, save
 
 
 def reference_config(**overrides):
-    """The config used when no trained model is given: a GPT-2-small-like shape (8 heads of 64)."""
+    """The config used when no trained model is given: a GPT-2-small-like shape (8 heads of 64, 12 layers, so
+    that per-layer patterns up to 12 names long reach every name)."""
     from ..model.configuration_hf_posenc import PosEncConfig
 
-    values = dict(vocab_size=256, hidden_size=512, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=8,
+    values = dict(vocab_size=256, hidden_size=512, intermediate_size=1024, num_hidden_layers=12, num_attention_heads=8,
                   max_position_embeddings=1024, t5_num_buckets=32, t5_max_distance=128)
     values.update(overrides)
     return PosEncConfig(**values)

@@ -17,12 +17,15 @@ DPI = 110
 def encoding_color(encoding: str) -> str:
     """The encoding's own colour (its class attribute ``color``), the same in every figure of the project.
 
-    Names that are not registered (a variant label such as ``rope+randpos``) or registered without a colour
-    get a stable colour derived from the name.
+    A per-layer pattern has the mean of its parts' colours. Names that are not encodings (a variant label such as
+    ``rope+randpos``) or encodings without a colour get a stable colour derived from the name.
     """
-    from ..model.encodings_hf_posenc import POSITION_ENCODINGS
+    from ..model.encodings_hf_posenc import position_encoding_class
 
-    color = getattr(POSITION_ENCODINGS.get(encoding), "color", None)
+    try:
+        color = position_encoding_class(encoding).color
+    except ValueError:  # a label, not an encoding
+        color = None
     if color:
         return color
     return _EXTRA_COLORS[sum(map(ord, encoding)) % len(_EXTRA_COLORS)]

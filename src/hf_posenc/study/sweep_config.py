@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SettingsError
-from ..model.encodings_hf_posenc import available_position_encodings
+from ..model.encodings_hf_posenc import position_encoding_class
 from ..settings import apply_overrides, dotted_keys, load_settings, read_settings_file, setting, suggest, to_dict
 from ..train.run_config import RunConfig
 
@@ -90,7 +90,7 @@ def parse_space(raw, source: str = "space") -> list[Parameter]:
 class SweepConfig:
     name: str | None = None  # None: the config file's stem
     output_dir: str | None = None
-    encodings: list[str] = setting(default_factory=lambda: ["rope"], choices=available_position_encodings,
+    encodings: list[str] = setting(default_factory=lambda: ["rope"], check=position_encoding_class,
                                    label="position encoding", non_empty=True, unique=True)
     search: str = setting("grid", choices=SEARCH_METHODS)
     num_trials: int = setting(8, minimum=1)
