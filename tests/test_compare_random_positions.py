@@ -50,7 +50,7 @@ def test_variants_follow_their_encoding_and_get_the_training_field():
     ({"encodings": ["rope"]}, {}, "random_positions.max", r"random_positions\.max must be set"),
     ({"max": 1024, "encodings": ["rope", "fire"]}, {}, "random_positions.encodings",
      r"\['fire'\] not in the study's encodings"),
-    ({"max": 1024, "encodings": ["rotary"]}, {}, "random_positions.encodings", "unknown position encoding 'rotary'"),
+    ({"max": 1024, "encodings": ["rotary"]}, {}, "random_positions.encodings", "random_positions.encodings: position_encoding must be one of .* got 'rotary'"),
     ({"max": 1024, "encodings": []}, {}, "random_positions.encodings", "non-empty"),
     ({"max": 1024, "encodings": ["learned"]}, {}, "random_positions.max",
      r"random_positions\.max=1024 is beyond the positions the learned variant can represent "
