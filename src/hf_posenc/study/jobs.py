@@ -127,8 +127,10 @@ def run_jobs(config: CompareConfig, output_dir: Path, jobs: list[StudyJob], *, w
 
 def _init_worker(threads: int) -> None:
     import torch
+    from transformers.utils import logging as transformers_logging
 
     torch.set_num_threads(threads)
+    transformers_logging.disable_progress_bar()  # the parent's bar over jobs is the progress; no per-load bars
 
 
 def _build_shared_caches(config: CompareConfig, show_progress: bool) -> None:
