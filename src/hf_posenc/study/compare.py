@@ -78,8 +78,7 @@ threads: 1               # torch CPU threads per process. One: these models are 
 run:                     # a run config as in configs/tiny.yaml; model.position_encoding is set per encoding
   model:
     hidden_size: 96
-    intermediate_size: 192         # 2 x hidden: 15% less compute per token than 8/3 x hidden, which buys the
-                                   # 1800-step budget within 15 minutes on 2 cores
+    intermediate_size: 256
     num_hidden_layers: 2
     num_attention_heads: 4
     num_key_value_heads: 2
@@ -106,7 +105,7 @@ run:                     # a run config as in configs/tiny.yaml; model.position_
     max_grad_norm: 1.0
     mixed_precision: "no"
     logging_steps: 10
-    eval_steps: 300
+    eval_steps: 150
     eval_max_batches: 8
     save_steps: 300
     save_total_limit: 1
