@@ -39,6 +39,8 @@ def test_two_workers_give_the_same_results_as_one(tmp_path):
     assert one["timings"]["workers"] == 1 and two["timings"]["workers"] == 2
     assert _results(tmp_path / "a" / "out") == _results(tmp_path / "b" / "out")
     assert set(two["timings"]["phases"]) >= {"train", "eval", "tasks", "passkey"}  # the workers' times came back
+    assert two["timings"]["total"]["cpu_s"] >= sum(two["timings"]["phases"][p]["cpu_s"] for p in ("train", "tasks"))
+    assert "2 worker processes" in (tmp_path / "b" / "out" / "results.md").read_text()
     # and a rerun with workers reuses everything
     again = run_compare(compare_config_from_dict(_mini_raw(tmp_path / "b", 2)), tmp_path / "b" / "out",
                         show_progress=False, skip_figures=True)

@@ -393,6 +393,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     run_folder.write_study_config(output_dir, config.to_dict())
     total_wall, total_cpu = time.perf_counter(), time.process_time()
     report = run_jobs(config, output_dir, jobs, workers=workers, overwrite=overwrite, show_progress=show_progress)
+    # CPU time of the worker processes (their jobs' phases); in-process jobs count in this process's own time
+    worker_cpu = sum(entry["cpu_s"] for entry in report.phases.values()) if workers > 1 and len(jobs) > 1 else 0.0
 
     records = collect_records(config, output_dir, skip_tasks=skip_tasks)
     files = []
@@ -404,8 +406,8 @@ def run_compare(config: CompareConfig, output_dir: str | Path | None = None, *, 
     timings = {
         # Per phase: summed over the jobs, so with several workers the phases add up to more than the total wall.
         "phases": report.phases,
-        # This process's wall and CPU time; the workers' CPU time is in the phases.
-        "total": {"wall_s": time.perf_counter() - total_wall, "cpu_s": time.process_time() - total_cpu},
+        # The run's wall time, and the CPU time of this process and its workers.
+        "total": {"wall_s": time.perf_counter() - total_wall, "cpu_s": time.process_time() - total_cpu + worker_cpu},
         "reused": report.reused,
         "torch_threads": torch.get_num_threads(),
         "workers": workers,
@@ -606,6 +608,9 @@ def timings_table(timings: dict) -> str:
         lines.append(f"| {name} | {entry['wall_s']:.1f} | {entry['cpu_s']:.1f} |")
     total = timings["total"]
     lines.append(f"| **total** | {total['wall_s']:.1f} | {total['cpu_s']:.1f} |")
+    if timings.get("workers", 1) > 1:
+        lines += ["", f"The jobs ran in {timings['workers']} worker processes side by side: each phase sums its jobs' "
+                      "times, so the phases add up to more than the total wall time."]
     reused = {k: v for k, v in timings["reused"].items() if v}
     if reused:
         lines += ["", "Reused from an earlier run (not recomputed): " + "; ".join(f"{k}: {', '.join(v)}" for k, v in reused.items())]
