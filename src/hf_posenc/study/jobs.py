@@ -150,10 +150,8 @@ def run_job(config: CompareConfig, output_dir: Path, job: StudyJob, tag: str, ov
     if job.kind == "model":
         run = config.run_config_for(job.model, seed_dir / job.model.folder_name, job.seed_index)
         _train_and_evaluate(config, run, job.model, job.seed_index, tag, report, overwrite, show_progress)
-    elif job.kind == "tasks":
-        _task_models(config, seed_dir, job, tag, report, overwrite, show_progress)
-    elif job.kind == "passkey":
-        _passkey_model(config, seed_dir, job, tag, report, overwrite, show_progress)
+    elif job.kind in ("tasks", "passkey"):
+        _synthetic_model(config, seed_dir, job, tag, report, overwrite, show_progress)
     else:
         raise ValueError(f"unknown study job kind {job.kind!r}")
     return report
@@ -206,34 +204,31 @@ def _train_and_evaluate(config: CompareConfig, run: RunConfig, model: StudyModel
                              batch_size=settings.batch_size)
 
 
-def _task_models(config: CompareConfig, seed_dir: Path, job: StudyJob, tag: str, report: JobReport,
-                 overwrite: bool, show_progress: bool) -> None:
+def _synthetic_model(config: CompareConfig, seed_dir: Path, job: StudyJob, tag: str, report: JobReport,
+                     overwrite: bool, show_progress: bool) -> None:
+    """A task model or a passkey model (``job.kind``, also its folder's name): trained and tested unless its
+    folder holds a result with the same settings."""
+    from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
     from ..evaluation.tasks import run_task_study, task_dir_is_complete
 
-    encoding, settings = job.model.encoding, config.task_settings_for(job.seed_index)
-    task_dir = seed_dir / "tasks" / encoding
-    if not overwrite and task_dir_is_complete(task_dir, encoding, settings):
-        report.reused["tasks"].append(_reused_name(encoding, job.seed_index, settings.seed))
+    encoding = job.model.encoding
+    if job.kind == "tasks":
+        settings = config.task_settings_for(job.seed_index)
+        is_complete, run_study = task_dir_is_complete, run_task_study
+        what = (f"synthetic tasks {settings.tasks} (train lengths {settings.train_min_length}-"
+                f"{settings.train_max_length})")
+    else:
+        settings = config.passkey_settings_for(job.seed_index)
+        is_complete, run_study = passkey_dir_is_complete, run_passkey_study
+        what = (f"passkey retrieval (trained on contexts up to {settings.train_context}, tested at "
+                f"{settings.test_contexts})")
+    folder = seed_dir / job.kind / encoding
+    if not overwrite and is_complete(folder, encoding, settings):
+        report.reused[job.kind].append(_reused_name(encoding, job.seed_index, settings.seed))
         return
-    say(f"{tag}: synthetic tasks {settings.tasks} (train lengths {settings.train_min_length}-"
-        f"{settings.train_max_length})")
-    with report.phase("tasks"):
-        run_task_study(encoding, settings, task_dir, overwrite=overwrite, show_progress=show_progress)
-
-
-def _passkey_model(config: CompareConfig, seed_dir: Path, job: StudyJob, tag: str, report: JobReport,
-                   overwrite: bool, show_progress: bool) -> None:
-    from ..evaluation.passkey import passkey_dir_is_complete, run_passkey_study
-
-    encoding, settings = job.model.encoding, config.passkey_settings_for(job.seed_index)
-    passkey_dir = seed_dir / "passkey" / encoding
-    if not overwrite and passkey_dir_is_complete(passkey_dir, encoding, settings):
-        report.reused["passkey"].append(_reused_name(encoding, job.seed_index, settings.seed))
-        return
-    say(f"{tag}: passkey retrieval (trained on contexts up to {settings.train_context}, tested at "
-        f"{settings.test_contexts})")
-    with report.phase("passkey"):
-        run_passkey_study(encoding, settings, passkey_dir, overwrite=overwrite, show_progress=show_progress)
+    say(f"{tag}: {what}")
+    with report.phase(job.kind):
+        run_study(encoding, settings, folder, overwrite=overwrite, show_progress=show_progress)
 
 
 def rope_scalings(config: CompareConfig, model: StudyModel) -> list[str]:
@@ -242,23 +237,27 @@ def rope_scalings(config: CompareConfig, model: StudyModel) -> list[str]:
     return config.eval.rope_scaling if model.encoding == "rope" and not model.randomized else []
 
 
+def _written_after_training(path: Path, summary: Path) -> bool:
+    """An evaluation file counts only if it was written after the model it measures was (re)trained."""
+    return path.is_file() and summary.is_file() and path.stat().st_mtime >= summary.stat().st_mtime
+
+
 def _eval_is_current(path: Path, summary: Path, settings: EvalSettings, rope_scaling: str | None,
                      stride: int | None) -> bool:
-    if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
+    if not _written_after_training(path, summary):
         return False
     saved = run_folder.read_eval(path)
-    scaling = saved.get("rope_scaling") or {}
     return (
         [row.get("eval_length") for row in saved.get("results", [])] == settings.lengths
         and saved.get("stride") == stride
         and saved.get("max_tokens") == settings.max_tokens
         and saved.get("max_windows") == settings.max_windows
-        and scaling.get("rope_type") == rope_scaling
+        and (saved.get("rope_scaling") or {}).get("rope_type") == rope_scaling
     )
 
 
 def _position_loss_is_current(path: Path, summary: Path, settings: EvalSettings) -> bool:
-    if not (path.is_file() and summary.is_file()) or path.stat().st_mtime < summary.stat().st_mtime:
+    if not _written_after_training(path, summary):
         return False
     saved = run_folder.read_position_loss(path)
     return (saved.get("max_windows") == settings.position_loss_windows
