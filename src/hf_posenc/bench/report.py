@@ -80,18 +80,19 @@ def _mib(value):
 def format_table(records: list[dict]) -> str:
     """Plain-text tables: training, decoding, scaling (whichever are present)."""
     lines = []
+    width = max([24] + [len(r["model"]) for r in records])  # the model column fits the longest name (patterns)
     train = [r for r in records if r["mode"] == "train"]
     if train:
         lines.append("Training (tokens/s: median of timed steps; memory: params + optimizer state + step peak)")
         lines.append("vs nope / vs llama: ratio of medians (paired: median of per-round ratios)")
-        header = (f"{'model':24} {'compiled':8} {'attn':15} {'tokens/s':>10} {'vs nope':>15} {'vs llama':>15} "
+        header = (f"{'model':{width}} {'compiled':8} {'attn':15} {'tokens/s':>10} {'vs nope':>15} {'vs llama':>15} "
                   f"{'MFU':>6} {'peak MiB':>9} {'steps':>5} status")
         lines += [header, "-" * len(header)]
         for r in train:
             vs_nope = f"{_fmt(r.get('ratio_vs_nope'), '{:.2f}')} ({_fmt(r.get('paired_ratio_vs_nope'), '{:.2f}')})"
             vs_llama = f"{_fmt(r.get('ratio_vs_hf_llama'), '{:.2f}')} ({_fmt(r.get('paired_ratio_vs_hf_llama'), '{:.2f}')})"
             lines.append(
-                f"{r['model']:24} {str(r.get('compiled')):8} {r.get('attn_implementation', '-'):15} "
+                f"{r['model']:{width}} {str(r.get('compiled')):8} {r.get('attn_implementation', '-'):15} "
                 f"{_fmt(r.get('tokens_per_s')):>10} {vs_nope:>15} {vs_llama:>15} {_fmt(r.get('mfu'), '{:.1%}'):>6} "
                 f"{_mib(r.get('peak_memory_bytes')):>9} {_fmt(r.get('timed_steps'), '{}'):>5} {r.get('status')}"
                 + (f" ({r['reason']})" if r.get("reason") else "")
@@ -100,11 +101,11 @@ def format_table(records: list[dict]) -> str:
     if decode:
         lines.append("")
         lines.append("Decoding with the cache (greedy generate; tokens/s = batch x new tokens / call time)")
-        header = f"{'model':24} {'cache':8} {'compiled':8} {'attn':15} {'batch':>5} {'tokens/s':>10} {'peak MiB':>9} status"
+        header = f"{'model':{width}} {'cache':8} {'compiled':8} {'attn':15} {'batch':>5} {'tokens/s':>10} {'peak MiB':>9} status"
         lines += [header, "-" * len(header)]
         for r in decode:
             lines.append(
-                f"{r['model']:24} {r['cache']:8} {str(r.get('compiled')):8} {r.get('attn_implementation', '-'):15} "
+                f"{r['model']:{width}} {r['cache']:8} {str(r.get('compiled')):8} {r.get('attn_implementation', '-'):15} "
                 f"{r['batch']:>5} {_fmt(r.get('tokens_per_s'), '{:.1f}'):>10} {_mib(r.get('peak_memory_bytes')):>9} "
                 f"{r.get('status')}" + (f" ({r['reason']})" if r.get("reason") else "")
             )
@@ -113,7 +114,7 @@ def format_table(records: list[dict]) -> str:
         lines.append("")
         lines.append("Scaling with sequence length (batch 1; ms per pass / peak MiB)")
         lengths = sorted({r["seq_len"] for r in scaling})
-        header = f"{'model':24} {'mode':14} {'attn':15} " + " ".join(f"{length:>16}" for length in lengths)
+        header = f"{'model':{width}} {'mode':14} {'attn':15} " + " ".join(f"{length:>16}" for length in lengths)
         lines += [header, "-" * len(header)]
         keys = list(dict.fromkeys((r["model"], r["mode"], r["attn_implementation"]) for r in scaling))
         for model, mode, attn in keys:
@@ -129,7 +130,7 @@ def format_table(records: list[dict]) -> str:
                     cells.append(row.get("status", "?"))
                 else:
                     cells.append(f"{row['time_s'] * 1e3:.1f}/{_mib(row['peak_memory_bytes'])}")
-            lines.append(f"{model:24} {mode:14} {attn:15} " + " ".join(f"{cell:>16}" for cell in cells))
+            lines.append(f"{model:{width}} {mode:14} {attn:15} " + " ".join(f"{cell:>16}" for cell in cells))
     return "\n".join(lines)
 
 
