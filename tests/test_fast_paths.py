@@ -267,6 +267,13 @@ def test_agreement_checks_pass_on_cpu_and_catch_a_broken_fast_path(monkeypatch):
     assert [r["ok"] for r in broken] == [False, False]
 
 
+def test_agreement_checks_every_part_of_a_per_layer_pattern():
+    # the checks' model is 2 layers deep; a 4-layer pattern must get its whole period (its nope layer included)
+    records = run_agreement(["rope+rope+rope+nope"], torch.device("cpu"), torch.float32, backends=("sdpa",), length=16,
+                            log=lambda _: None)
+    assert records and all(r["ok"] for r in records), records
+
+
 @needs_cuda
 @needs_flex
 def test_bf16_fast_paths_agree_on_gpu():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..model.encodings_hf_posenc import position_encoding_class
 from .models import build_model, encoding_has_score_bias
 
 FP32_ATOL = 1e-4
@@ -87,8 +88,10 @@ class Judge:
 
 
 def _model(encoding: str, attn: str, device, dtype, reference_dtype=None):
-    model = build_model(f"hf_posenc:{encoding}", AGREEMENT_SHAPE, attn, device, reference_dtype or dtype, seed=0)
-    return model
+    # A per-layer pattern gets at least one whole period of layers, so that every part is checked.
+    period = len(position_encoding_class(encoding).pattern or ())
+    shape = {**AGREEMENT_SHAPE, "num_hidden_layers": max(AGREEMENT_SHAPE["num_hidden_layers"], period)}
+    return build_model(f"hf_posenc:{encoding}", shape, attn, device, reference_dtype or dtype, seed=0)
 
 
 def _with_dtype_and_attn(model, attn: str, dtype):
