@@ -25,13 +25,14 @@ import torch
 from .. import run_folder
 from ..errors import SettingsError, UsageError
 from ..settings import load_settings, setting, to_dict
-from .tasks import (BOS, DIGITS, EOS, IGNORE_INDEX, PAD, PLUS, SEP, SYMBOL_IDS, TaskExample, build_task_model,
-                    build_task_tokenizer, encode, exact_match_accuracy, greedy_answers, train_on_generated_batches)
+from .tasks import (BOS, DIGITS, EOS, IGNORE_INDEX, PAD, PLUS, SEP, SYMBOL_IDS, SmallModelSettings, TaskExample,
+                    build_task_model, build_task_tokenizer, encode, exact_match_accuracy, greedy_answers,
+                    train_on_generated_batches)
 
 
 
 @dataclass
-class PasskeySettings:
+class PasskeySettings(SmallModelSettings):
     """The CPU-sized default; ``configs/compare-small.yaml`` scales it up."""
 
     key_digits: int = setting(4, minimum=1)
@@ -39,13 +40,7 @@ class PasskeySettings:
     test_contexts: list[int] = setting(default_factory=lambda: [16, 32, 64, 128], minimum=1, non_empty=True)
     depths: list[float] = setting(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], minimum=0, non_empty=True)
     num_test_examples: int = setting(20, minimum=1)
-    hidden_size: int = setting(64, minimum=1)
-    intermediate_size: int = setting(128, minimum=1)
-    num_hidden_layers: int = setting(2, minimum=1)
-    num_attention_heads: int = setting(4, minimum=1)
-    num_key_value_heads: int | None = setting(None, minimum=1)
-    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
-    initializer_range: float = setting(0.02, positive=True)
+    intermediate_size: int = setting(128, minimum=1)  # the model: SmallModelSettings, narrower MLP by default
     max_steps: int = setting(300, minimum=1)
     batch_size: int = setting(32, minimum=1)
     lr: float = setting(3e-3, positive=True)

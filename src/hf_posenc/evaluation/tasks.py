@@ -108,7 +108,21 @@ def exact_match_accuracy(predictions: Sequence[Sequence], targets: Sequence[Sequ
 
 # ---- settings -------------------------------------------------------------------------------------------
 @dataclass
-class TaskSettings:
+class SmallModelSettings:
+    """The shape of a task or passkey model (a ``PosEncConfig``; the encoding is set per run), built by
+    ``task_model_config``."""
+
+    hidden_size: int = setting(64, minimum=1)
+    intermediate_size: int = setting(256, minimum=1)
+    num_hidden_layers: int = setting(2, minimum=1)
+    num_attention_heads: int = setting(4, minimum=1)
+    num_key_value_heads: int | None = setting(None, minimum=1)
+    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
+    initializer_range: float = setting(0.02, positive=True)  # std of the initial weights
+
+
+@dataclass
+class TaskSettings(SmallModelSettings):
     """What to train and test. The defaults are the CPU-sized study of ``configs/compare-tiny.yaml``."""
 
     tasks: list[str] = setting(default_factory=lambda: list(TASK_NAMES), choices=TASK_NAMES, label="task",
@@ -117,14 +131,6 @@ class TaskSettings:
     train_max_length: int = setting(8, minimum=1)
     test_lengths: list[int] = setting(default_factory=lambda: [4, 8, 12, 16, 24], minimum=1, non_empty=True)
     num_test_examples: int = setting(100, minimum=1)
-    # the model (a PosEncConfig; the encoding is set per run)
-    hidden_size: int = setting(64, minimum=1)
-    intermediate_size: int = setting(256, minimum=1)
-    num_hidden_layers: int = setting(2, minimum=1)
-    num_attention_heads: int = setting(4, minimum=1)
-    num_key_value_heads: int | None = setting(None, minimum=1)
-    attn_implementation: str = setting("sdpa", choices=("eager", "sdpa", "flex_attention"))
-    initializer_range: float = setting(0.02, positive=True)  # std of the initial weights
     # training
     max_steps: int = setting(400, minimum=1)
     batch_size: int = setting(64, minimum=1)
@@ -178,7 +184,7 @@ def encode(symbols: Sequence[str]) -> list[int]:
     return [SYMBOL_IDS[s] for s in symbols]
 
 
-def task_model_config(position_encoding: str, settings: TaskSettings):
+def task_model_config(position_encoding: str, settings: SmallModelSettings):
     """The ``PosEncConfig`` of a task (or passkey) model; a SettingsError when the encoding does not fit it (a
     per-layer pattern longer than the model's layers, say), so a study can refuse it before any training."""
     from ..model.configuration_hf_posenc import PosEncConfig
